@@ -1,0 +1,1 @@
+"""Raw inputs -> validated Parquet datasets -> rank-sharded token streams."""
