@@ -1,0 +1,107 @@
+"""``peapod-scale``: prepare data, train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+TRAIN_LAUNCH_HELP = """\
+`peapod-scale train` runs ONE process unless --nproc-per-node N > 1, in which case it starts N ranks on
+this machine with torchrun (gloo on CPU, NCCL on GPUs). Under a launcher (deepspeed, torchrun, srun) it
+always runs as the rank the launcher made. These are equivalent on this machine:
+  peapod-scale train --nproc-per-node 2 --data D --output R --deepspeed ds_configs/z2.json
+  deepspeed --num_gpus 2 peapod_scale/train.py --data D --output R --deepspeed ds_configs/z2.json
+"""
+
+
+def _train(argv: list[str]) -> int:
+    from .config import build_parser
+
+    parser = build_parser()
+    parser.epilog = TRAIN_LAUNCH_HELP
+    parser.add_argument("--nproc-per-node", type=int, default=1,
+                        help="ranks to start on this machine when not already under a launcher (default: 1)")
+    args = parser.parse_args(argv)
+    forwarded = [a for i, a in enumerate(argv) if a != "--nproc-per-node" and not a.startswith("--nproc-per-node=")
+                 and (i == 0 or argv[i - 1] != "--nproc-per-node")]
+    if args.nproc_per_node > 1 and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={args.nproc_per_node}", "-m", "peapod_scale.train", *forwarded]
+        os.execv(sys.executable, command)
+    from .train import main as train_main
+
+    return train_main(forwarded)
+
+
+def _evaluate(argv: list[str]) -> int:
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="peapod-scale evaluate",
+                                     description="Evaluate a trained run (its model/ folder) by beam search on one split.")
+    parser.add_argument("--checkpoint", required=True, help="run folder written by `train` (or its model/ folder)")
+    parser.add_argument("--data", required=True, help="dataset folder written by `prepare`")
+    parser.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate (default: %(default)s)")
+    parser.add_argument("--tasks", default="sequential,topn", help="comma-separated tasks (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="users per generation batch (default: %(default)s)")
+    parser.add_argument("--num-beams", type=int, default=20, help="beams; 10 sequences are returned (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="seed that orders top-N candidates (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
+    parser.add_argument("--output", default=None, help="metrics JSON (default: CHECKPOINT/metrics_<split>.json)")
+    args = parser.parse_args(argv)
+
+    from .data.stream import read_manifest
+    from .data.tokenizer import TextCodec
+    from .evaluation import evaluate, format_table, write_json_atomic
+    from .model.peapod import PeaPOD
+
+    run_dir = Path(args.checkpoint)
+    model_dir = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
+    model = PeaPOD.from_pretrained(model_dir)
+    codec = TextCodec.from_file(model_dir / "tokenizer.json")
+    manifest = read_manifest(args.data)
+    results = evaluate(model, codec, args.data, manifest, split=args.split,
+                       tasks=[t for t in args.tasks.split(",") if t], batch_size=args.batch_size,
+                       num_beams=args.num_beams, seed=args.seed, limit=args.limit)
+    output = Path(args.output) if args.output else (run_dir / f"metrics_{args.split}.json")
+    write_json_atomic(output, results)
+    print(format_table(results))
+    print(f"wrote {output}")
+    return 0
+
+
+def _prepare(argv: list[str]) -> int:
+    from .data.prepare import add_prepare_arguments, run_prepare
+
+    parser = argparse.ArgumentParser(prog="peapod-scale prepare",
+                                     description="Validate raw interactions, split leave-one-out, write Parquet shards.")
+    add_prepare_arguments(parser)
+    run_prepare(parser.parse_args(argv))
+    return 0
+
+
+COMMANDS = {
+    "prepare": (_prepare, "raw data -> validated Parquet dataset folder"),
+    "train": (_train, "train with DeepSpeed, then evaluate on the test split"),
+    "evaluate": (_evaluate, "beam-search evaluation of a trained run"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: peapod-scale {" + ",".join(COMMANDS) + "} [options]\n")
+        for name, (_, summary) in COMMANDS.items():
+            print(f"  {name:<10} {summary}")
+        print("\n`peapod-scale COMMAND --help` lists a command's options.")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, _ = COMMANDS[argv[0]]
+    try:
+        return command(argv[1:])
+    except (FileNotFoundError, ValueError) as error:  # user-facing input problems: no traceback
+        print(f"peapod-scale {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""One dataclass holds every training option; the CLI is generated from it, components read from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+def _opt(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    data: str = _opt(None, "dataset folder written by `peapod-scale prepare`", required=True)
+    output: str = _opt(None, "run folder: resolved config, checkpoints, model, TensorBoard events, metrics", required=True)
+    deepspeed: str = _opt("ds_configs/z2.json", "DeepSpeed JSON config (ZeRO stage, optimizer); batch sizes here override it")
+    arch: str = _opt("tiny", "backbone preset built with random weights (tiny, t5-small, t5-base, ..., flan-t5-xxl)")
+    model: Optional[str] = _opt(None, "pretrained T5/Flan-T5 hub name or local folder; overrides --arch")
+    max_steps: int = _opt(1000, "optimizer steps to train")
+    micro_batch_size: Optional[int] = _opt(None, "examples per rank per micro-step (default: the DeepSpeed config's)")
+    grad_accum: Optional[int] = _opt(None, "micro-steps per optimizer step (default: the DeepSpeed config's)")
+    lr: Optional[float] = _opt(None, "peak learning rate (default: the DeepSpeed config's optimizer lr)")
+    warmup_steps: int = _opt(100, "linear warm-up steps, then cosine decay to 10%% of the peak")
+    dropout: float = _opt(0.1, "dropout rate of a preset backbone")
+    seed: int = _opt(42, "seed for weights, shuffling and sampled candidates")
+    tasks: str = _opt("sequential,topn", "comma-separated tasks; batches alternate between them")
+    topn_candidates: int = _opt(20, "candidates in a top-N training prompt (1 positive + sampled negatives)")
+    user_prompt: str = _opt("pool", "personalised prompt: pool (PeaPOD) or none (POD)", choices=["pool", "none"])
+    pool_size: int = _opt(32, "M: prompts in the shared pool")
+    prompt_length: int = _opt(3, "L: tokens per user prompt")
+    gate_heads: int = _opt(4, "H: gating heads; head h composes the h-th d/H slice of the width")
+    tau: float = _opt(1.0, "gating softmax temperature")
+    user_dim: int = _opt(64, "user embedding width")
+    task_prompt_length: int = _opt(3, "tokens per task prompt")
+    compose: str = _opt("auto", "prompt composition op: auto (Triton on CUDA, torch on CPU), triton or torch",
+                        choices=["auto", "triton", "torch"])
+    shuffle_buffer: int = _opt(10_000, "rows in the streaming shuffle buffer")
+    num_workers: int = _opt(1, "data loader worker processes per rank")
+    log_every: int = _opt(20, "steps between log lines and TensorBoard scalars")
+    eval_split: str = _opt("test", "split evaluated after training (valid or test); 'none' skips it")
+    eval_tasks: str = _opt("sequential,topn", "tasks evaluated after training")
+    eval_batch_size: int = _opt(32, "users per generation batch")
+    num_beams: int = _opt(20, "beams in evaluation beam search (10 returned)")
+    eval_limit: Optional[int] = _opt(None, "evaluate only the first N users (quick checks)")
+    local_rank: int = _opt(-1, "set by the deepspeed launcher; torchrun and srun use the environment instead")
+
+    def task_list(self) -> list[str]:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+    def eval_task_list(self) -> list[str]:
+        return [t.strip() for t in self.eval_tasks.split(",") if t.strip()]
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """``--some-option`` for every field (underscore spellings accepted too, as launchers pass them)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
+        kwargs = {"dest": f.name, "help": meta.pop("help", "")}
+        kwargs.update(meta)
+        if not kwargs.get("required"):
+            kwargs["default"] = f.default
+            kwargs["help"] += " (default: %(default)s)"
+        kind = hints[f.name]
+        kwargs["type"] = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # Optional[X] -> X
+        parser.add_argument(*names, **kwargs)
+
+
+def build_parser(prog: str = "peapod-scale train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train PeaPOD with DeepSpeed on one process or, under a launcher "
+                    "(deepspeed, torchrun, srun), on every rank it starts.",
+    )
+    add_dataclass_arguments(parser, TrainConfig)
+    parser.add_argument("--deepspeed_config", dest="deepspeed", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_train_config(argv: list[str] | None = None) -> TrainConfig:
+    return TrainConfig(**vars(build_parser().parse_args(argv)))

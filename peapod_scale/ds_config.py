@@ -1,0 +1,51 @@
+"""Resolve a DeepSpeed JSON config against the CLI: concrete batch sizes, precision, learning rate.
+
+DeepSpeed's "auto" values only work inside the Hugging Face Trainer, so this trainer fills them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+
+def resolve(path: str | Path, *, world_size: int, micro_batch_size: int | None, grad_accum: int | None,
+            lr: float | None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config {path} not found (the repository ships ds_configs/z1|z2|z3|z3_offload.json)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+    config = copy.deepcopy(config)
+    for key, override in (("train_micro_batch_size_per_gpu", micro_batch_size), ("gradient_accumulation_steps", grad_accum)):
+        if override is not None:
+            config[key] = override
+        value = config.get(key)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{path}: field '{key}' must be a positive integer (got {value!r}); set it there or on the command line")
+    expected = config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * world_size
+    given = config.get("train_batch_size")
+    if given is not None and given != expected and micro_batch_size is None and grad_accum is None:
+        raise ValueError(f"{path}: field 'train_batch_size' is {given} but micro batch x accumulation x world size = {expected}; "
+                         "remove it (the trainer computes it) or make them agree")
+    config["train_batch_size"] = expected
+    cuda = torch.cuda.is_available()
+    config["bf16"] = {**config.get("bf16", {}), "enabled": cuda and bool(config.get("bf16", {}).get("enabled", True))}
+    config.pop("fp16", None)
+    optimizer = config.setdefault("optimizer", {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}})
+    if lr is not None:
+        optimizer.setdefault("params", {})["lr"] = lr
+    return config
+
+
+def peak_lr(config: dict) -> float:
+    return float(config["optimizer"]["params"]["lr"])
+
+
+def zero_stage(config: dict) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
