@@ -1,0 +1,502 @@
+"""`prepare`: raw interactions -> numbered, leave-one-out split Parquet shards + manifest.json.
+
+Layout of the output folder (the trainer reads exactly this; see DESIGN.md "Data formats"):
+
+    manifest.json
+    users.parquet                user int32 (1..U), original string
+    items.parquet                item int32 (1..I), original string
+    sequences/part-*.parquet     user, items list<int32>             the full chronological sequence
+    train/part-*.parquet         user, history list<int32>, target   one row per training target
+    valid/part-*.parquet         user, history, target, negatives    target = items[-2]
+    test/part-*.parquet          user, history, target, negatives    target = items[-1]
+
+Everything is written into a temporary sibling folder that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from peapod_scale import __version__
+from peapod_scale.data.default_data import movielens_100k
+from peapod_scale.data.sources import SOURCES, RawSequences, load_source
+
+SCHEMA_VERSION = 1
+ITEM_INDEX_CHOICES = ("random", "sequential")
+MIN_INTERACTIONS = 3  # leave-one-out needs at least one training item, a validation and a test item
+ROW_GROUP_SIZE = 10_000
+# Independent random streams derived from --seed (numpy SeedSequence entropy [seed, stream, ...]).
+_STREAM_ITEM_INDEX = 1
+_STREAM_NEGATIVES = 2
+
+_IDS = pa.list_(pa.field("item", pa.int32(), nullable=False))
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(name, kind, nullable=False) for name, kind in fields])
+
+
+_NAMES_SCHEMA = {
+    "user": _schema(("user", pa.int32()), ("original", pa.string())),
+    "item": _schema(("item", pa.int32()), ("original", pa.string())),
+}
+_SEQUENCES_SCHEMA = _schema(("user", pa.int32()), ("items", _IDS))
+_TRAIN_SCHEMA = _schema(("user", pa.int32()), ("history", _IDS), ("target", pa.int32()))
+_EVAL_SCHEMA = _schema(("user", pa.int32()), ("history", _IDS), ("target", pa.int32()), ("negatives", _IDS))
+
+
+@dataclass
+class _Dataset:
+    """Kept users numbered 1..U (user k+1 owns items[offsets[k]:offsets[k+1]]), items 1..I."""
+
+    offsets: np.ndarray  # int64 [U + 1]
+    items: np.ndarray  # int32 [N]
+    user_original: list[str]  # [U]
+    item_original: list[str]  # [I]: item k+1
+    skipped: int  # users with fewer than MIN_INTERACTIONS interactions
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_original)
+
+
+@dataclass
+class _Rows:
+    """Rows of one split: row r belongs to user index user[r] (0-based) and its list column is
+    items[lo[r]:hi[r]]; for splits with a target, the target is items[hi[r]]."""
+
+    user: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbering
+
+
+def _segment_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices of the concatenated ranges [starts[k], starts[k] + lengths[k])."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]) if len(ends) else 0)
+
+
+def _rng(seed: int, stream: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, *key])
+
+
+def _number(raw: RawSequences, seed: int, item_index: str) -> _Dataset:
+    """Drop users too short for leave-one-out, number users 1..U and items 1..I."""
+    lengths = np.diff(raw.offsets)
+    keep = lengths >= MIN_INTERACTIONS
+    if not keep.any():
+        raise ValueError(
+            f"{raw.inputs[0]}: no user has the {MIN_INTERACTIONS} interactions leave-one-out needs "
+            f"(one to train on, one to validate, one to test); nothing to prepare"
+        )
+    items = raw.items[np.repeat(keep, lengths)]
+    lengths, user_keys = lengths[keep], raw.user_keys[keep]
+
+    # Items present in the kept users, numbered by first appearance (users in input order, each
+    # user's items in time order): that is P5's own "sequential" indexing. "random" permutes it.
+    keys, first, inverse = np.unique(items, return_index=True, return_inverse=True)
+    sequential = np.empty(len(keys), dtype=np.int64)
+    sequential[np.argsort(first, kind="stable")] = np.arange(len(keys))
+    if item_index == "random":
+        number = _rng(seed, _STREAM_ITEM_INDEX).permutation(len(keys))[sequential] + 1
+    else:
+        number = sequential + 1
+    items = number[inverse].astype(np.int32)
+    item_keys = np.empty_like(keys)
+    item_keys[number - 1] = keys
+
+    # Users: MovieLens in input order; P5 by ascending id, which keeps the file's ids 1..n.
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    if raw.user_numbering == "key":
+        order = np.argsort(user_keys, kind="stable")
+        items = items[_segment_positions(starts[order], lengths[order])]
+        lengths, user_keys = lengths[order], user_keys[order]
+    return _Dataset(
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        items=items,
+        user_original=raw.user_original(user_keys),
+        item_original=raw.item_original(item_keys),
+        skipped=int((~keep).sum()),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+
+def _split_rows(ds: _Dataset, max_history: int) -> dict[str, _Rows]:
+    starts, ends = ds.offsets[:-1], ds.offsets[1:]
+    users = np.arange(ds.num_users)
+
+    def last_history(target_at: np.ndarray) -> _Rows:
+        return _Rows(users, np.maximum(starts, target_at - max_history), target_at)
+
+    # Train: the training part t = items[:-2]; one row per position i >= 1 of t (target t[i]).
+    per_user = ends - starts - MIN_INTERACTIONS
+    owner = np.repeat(users, per_user)
+    target_at = _segment_positions(starts + 1, per_user)
+    return {
+        "sequences": _Rows(users, starts, ends),
+        "train": _Rows(owner, np.maximum(starts[owner], target_at - max_history), target_at),
+        "valid": last_history(ends - 2),
+        "test": last_history(ends - 1),
+    }
+
+
+def _id_lists(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32)), type=_IDS
+    )
+
+
+def _rows_table(ds: _Dataset, rows: _Rows, a: int, b: int, schema: pa.Schema,
+                negatives: np.ndarray | None = None) -> pa.Table:
+    lo, hi = rows.lo[a:b], rows.hi[a:b]
+    offsets = np.concatenate([[0], np.cumsum(hi - lo)])
+    columns = [
+        pa.array((rows.user[a:b] + 1).astype(np.int32)),
+        _id_lists(offsets, ds.items[_segment_positions(lo, hi - lo)]),
+    ]
+    if "target" in schema.names:
+        columns.append(pa.array(ds.items[hi]))
+    if negatives is not None:
+        columns.append(_id_lists(np.arange(len(negatives) + 1) * negatives.shape[1], negatives.ravel()))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _sample_negatives(rng: np.random.Generator, blocked: np.ndarray, allowed: int, k: int) -> np.ndarray:
+    """k distinct items i in 1..len(blocked)-1 with blocked[i] False, in draw order.
+
+    ``allowed`` is how many items are not blocked (> 0 when k > 0). Chosen items get blocked.
+    """
+    num_items = len(blocked) - 1
+    parts, have = [], 0
+    while have < k:
+        need = k - have
+        draw = rng.integers(1, num_items + 1, size=int(need * num_items / allowed * 1.25) + 8)
+        draw = draw[~blocked[draw]]
+        _, first = np.unique(draw, return_index=True)
+        draw = draw[np.sort(first)][:need]
+        blocked[draw] = True
+        parts.append(draw)
+        have += len(draw)
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def _negatives(ds: _Dataset, a: int, b: int, k: int, seed: int) -> np.ndarray:
+    """Negatives of users a..b-1 (0-based): k distinct items each never interacted with.
+
+    Each user's generator is seeded from (seed, user), so a user's negatives do not depend on
+    which other users are processed, in which order or in which shard.
+    """
+    lo, hi = ds.offsets[a], ds.offsets[b]
+    owner = np.repeat(np.arange(b - a), np.diff(ds.offsets[a:b + 1]))
+    pairs = np.unique(owner * (ds.num_items + 1) + ds.items[lo:hi])
+    distinct = np.bincount(pairs // (ds.num_items + 1), minlength=b - a)
+    blocked = np.zeros(ds.num_items + 1, dtype=bool)  # the user's items and those already drawn
+    blocked[0] = True
+    out = np.empty((b - a, k), dtype=np.int32)
+    for index in range(a, b):
+        user, allowed = index + 1, ds.num_items - int(distinct[index - a])
+        if allowed < k:
+            raise ValueError(
+                f"user {user} interacted with {distinct[index - a]} of the {ds.num_items} items, "
+                f"leaving {allowed} to draw --num-negatives={k} from; lower --num-negatives"
+            )
+        seen = ds.items[ds.offsets[index]:ds.offsets[index + 1]]
+        blocked[seen] = True
+        out[index - a] = _sample_negatives(_rng(seed, _STREAM_NEGATIVES, user), blocked, allowed, k)
+        blocked[seen] = False
+        blocked[out[index - a]] = False
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    # No timestamps or paths go into the file: the same input gives the same bytes.
+    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE, compression="zstd",
+                   write_statistics=True, store_schema=True)
+
+
+def _write_shards(root: Path, n_rows: int, rows_per_shard: int,
+                  make_tables: Callable[[int, int], dict[str, pa.Table]]) -> dict[str, dict]:
+    """Write rows [a, b) shard by shard; make_tables returns one table per split for the range.
+
+    A split with no rows still gets one (empty) file, so readers always find its schema.
+    """
+    splits: dict[str, dict] = {}
+    for shard, a in enumerate(range(0, max(n_rows, 1), rows_per_shard)):
+        for name, table in make_tables(a, min(a + rows_per_shard, n_rows)).items():
+            relative = f"{name}/part-{shard:05d}.parquet"
+            (root / name).mkdir(exist_ok=True)
+            _write_parquet(table, root / relative)
+            split = splits.setdefault(name, {"rows": 0, "files": []})
+            split["rows"] += table.num_rows
+            split["files"].append(relative)
+    return splits
+
+
+def _names_table(kind: str, names: list[str]) -> pa.Table:
+    numbers = pa.array(np.arange(1, len(names) + 1, dtype=np.int32))
+    return pa.Table.from_arrays([numbers, pa.array(names, pa.string())], schema=_NAMES_SCHEMA[kind])
+
+
+def _write_dataset(root: Path, ds: _Dataset, *, seed: int, max_history: int, num_negatives: int,
+                   rows_per_shard: int) -> dict[str, dict]:
+    _write_parquet(_names_table("user", ds.user_original), root / "users.parquet")
+    _write_parquet(_names_table("item", ds.item_original), root / "items.parquet")
+    rows = _split_rows(ds, max_history)
+
+    def sequences(a: int, b: int) -> dict[str, pa.Table]:
+        return {"sequences": _rows_table(ds, rows["sequences"], a, b, _SEQUENCES_SCHEMA)}
+
+    def train(a: int, b: int) -> dict[str, pa.Table]:
+        return {"train": _rows_table(ds, rows["train"], a, b, _TRAIN_SCHEMA)}
+
+    def evaluation(a: int, b: int) -> dict[str, pa.Table]:
+        # valid and test have one row per user: they share shard ranges, so also the negatives.
+        negatives = _negatives(ds, a, b, num_negatives, seed)
+        return {name: _rows_table(ds, rows[name], a, b, _EVAL_SCHEMA, negatives) for name in ("valid", "test")}
+
+    splits = _write_shards(root, ds.num_users, rows_per_shard, sequences)
+    splits |= _write_shards(root, len(rows["train"].user), rows_per_shard, train)
+    splits |= _write_shards(root, ds.num_users, rows_per_shard, evaluation)
+    return {name: splits[name] for name in ("train", "valid", "test", "sequences")}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(root: Path, manifest: dict) -> None:
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _attach_tokenizer(root: Path, manifest: dict) -> None:
+    try:
+        from peapod_scale.data.tokenizer import train_tokenizer
+    except ModuleNotFoundError as exc:
+        # peapod_scale.data.tokenizer is written separately; until it exists datasets carry
+        # "tokenizer": null. Only the absence of that one module is tolerated: anything else
+        # missing (e.g. a dependency it imports) is a real error and propagates.
+        if exc.name != "peapod_scale.data.tokenizer":
+            raise
+        return
+    manifest["tokenizer"] = train_tokenizer(root, manifest)
+    _write_manifest(root, manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder
+
+
+def _is_replaceable(path: Path) -> bool:
+    """--overwrite replaces an earlier prepare output (or an empty folder), never anything else."""
+    return path.is_dir() and ((path / "manifest.json").is_file() or not any(path.iterdir()))
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"output folder {out} already exists; pass --overwrite to replace it (the old one is "
+            "replaced only once the new one is complete) or choose another --output"
+        )
+    if not _is_replaceable(out):
+        raise FileExistsError(
+            f"{out} exists and is not a prepared dataset (no manifest.json) nor an empty folder; "
+            "refusing to replace it even with --overwrite: choose another --output"
+        )
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    _check_output(out, overwrite)  # again: something may have appeared while we worked
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old)
+
+
+def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, seed: int = 42,
+                    max_history: int = 20, num_negatives: int = 99, item_index: str = "random",
+                    rows_per_shard: int = 200_000, overwrite: bool = False) -> dict:
+    """Read, validate, number and split raw interactions; write the dataset folder; return its manifest."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if item_index not in ITEM_INDEX_CHOICES:
+        raise ValueError(f"item_index must be one of {', '.join(ITEM_INDEX_CHOICES)}, not {item_index!r}")
+    for name, value, least in (("seed", seed, 0), ("max_history", max_history, 1),
+                               ("num_negatives", num_negatives, 0), ("rows_per_shard", rows_per_shard, 1)):
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, not {value!r}")
+    out = Path(os.path.abspath(output_dir))
+    _check_output(out, overwrite)
+    if input_path is None:
+        if source != "movielens":
+            raise ValueError(f"--input is required for --source {source} (a folder holding "
+                             "sequential_data.txt and datamaps.json)")
+        input_path = movielens_100k()
+
+    raw = load_source(source, input_path)
+    ds = _number(raw, seed, item_index)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": _sha256(p)}
+                   for p in raw.inputs],
+        "seed": seed,
+        "item_index": item_index,
+        "max_history": max_history,
+        "num_negatives": num_negatives,
+        "counts": {"users": ds.num_users, "items": ds.num_items, "interactions": len(ds.items)},
+        "skipped": {"too_short_for_leave_one_out": ds.skipped},
+        "splits": {},
+        "tokenizer": None,
+        "created_by": f"peapod-scale {__version__}",
+    }
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by an earlier process with our pid that was killed
+    tmp.mkdir(parents=True)
+    try:
+        manifest["splits"] = _write_dataset(tmp, ds, seed=seed, max_history=max_history,
+                                            num_negatives=num_negatives, rows_per_shard=rows_per_shard)
+        _write_manifest(tmp, manifest)
+        _attach_tokenizer(tmp, manifest)
+        _move_into_place(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+
+    return parse
+
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", required=True, choices=SOURCES,
+        help="what --input holds: 'movielens' (u.data, ratings.dat or a RecBole .inter file, "
+             "detected from its content) or 'p5' (a folder with sequential_data.txt and datamaps.json)")
+    parser.add_argument(
+        "--input", metavar="PATH", default=None,
+        help="the raw data. For movielens it may be left out: then the real MovieLens-100K ratings "
+             "are used, fetched once from RecBole's PyPI wheel into $PEAPOD_CACHE "
+             "(default ~/.cache/peapod-scale)")
+    parser.add_argument(
+        "--output", metavar="DIR", required=True,
+        help="dataset folder to create; it is built in a temporary sibling and renamed into place "
+             "at the end, so a failed run leaves nothing half-written")
+    parser.add_argument(
+        "--seed", type=_at_least(0), default=42,
+        help="seeds the random item numbering and the negatives; negatives are seeded per user, so "
+             "they do not depend on processing order or sharding (default: %(default)s)")
+    parser.add_argument(
+        "--max-history", type=_at_least(1), default=20,
+        help="most preceding items kept as an example's history; the reference evaluation uses the "
+             "last 20 (default: %(default)s)")
+    parser.add_argument(
+        "--num-negatives", type=_at_least(0), default=99,
+        help="items the user never interacted with, drawn per user as top-N candidates beside the "
+             "held-out item, as the reference evaluation does with 1 + 99 (default: %(default)s)")
+    parser.add_argument(
+        "--item-index", choices=ITEM_INDEX_CHOICES, default="random",
+        help="how items are numbered: 'random' is a seeded permutation; 'sequential' numbers them by "
+             "first appearance (P5's own ids), which leaks the answer because the next item's id is "
+             "often the last id + 1 (default: %(default)s)")
+    parser.add_argument(
+        "--rows-per-shard", type=_at_least(1), default=200_000,
+        help="most rows per Parquet file; more files let more ranks and loader workers read in "
+             "parallel (default: %(default)s)")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing output folder (only once the new one is complete); without it an "
+             "existing folder is refused so that a finished dataset is never clobbered by accident")
+
+
+def _folder_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def format_summary(manifest: dict, output_dir: str | Path, seconds: float) -> str:
+    counts, splits = manifest["counts"], manifest["splits"]
+    lines = [
+        f"prepared {manifest['source']} -> {output_dir}",
+        *(f"  input {entry['path']} ({entry['bytes']:,} bytes)" for entry in manifest["inputs"]),
+        f"  item index {manifest['item_index']}, seed {manifest['seed']}, max history "
+        f"{manifest['max_history']}, negatives {manifest['num_negatives']}",
+        "",
+        f"  {'users':<42}{counts['users']:>12,}",
+        f"  {'items':<42}{counts['items']:>12,}",
+        f"  {'interactions':<42}{counts['interactions']:>12,}",
+        *(f"  {'skipped users (' + reason.replace('_', ' ') + ')':<42}{n:>12,}"
+          for reason, n in manifest["skipped"].items()),
+        "",
+        f"  {'split':<12}{'rows':>12}{'files':>8}",
+        *(f"  {name:<12}{split['rows']:>12,}{len(split['files']):>8}" for name, split in splits.items()),
+        "",
+        f"  tokenizer {manifest['tokenizer'] or '(none)'}",
+        f"  output {_folder_bytes(Path(output_dir)) / 1e6:.1f} MB in {seconds:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def run_prepare(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    manifest = prepare_dataset(
+        args.source, args.input, args.output, seed=args.seed, max_history=args.max_history,
+        num_negatives=args.num_negatives, item_index=args.item_index,
+        rows_per_shard=args.rows_per_shard, overwrite=args.overwrite,
+    )
+    print(format_summary(manifest, args.output, time.perf_counter() - started))
+    return manifest
