@@ -10,6 +10,7 @@ from transformers import T5Config
 # d_model, d_ff, d_kv, num_heads, num_layers (encoder = decoder), feed_forward_proj, tied lm_head
 _DIMENSIONS = {
     "tiny": (64, 128, 16, 4, 2, "relu", True),
+    "mini": (128, 512, 32, 4, 3, "relu", True),
     "t5-small": (512, 2048, 64, 8, 6, "relu", True),
     "t5-base": (768, 3072, 64, 12, 12, "relu", True),
     "t5-large": (1024, 4096, 64, 16, 24, "relu", True),

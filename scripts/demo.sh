@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Command (1): set up, prepare the embedded MovieLens-100K, train PeaPOD on 2 DeepSpeed ranks (ZeRO-2),
+# evaluate on the test split against the popularity and transition baselines.
+# Override with PEAPOD_NPROC (ranks), PEAPOD_STEPS, PEAPOD_ARCH, PEAPOD_DATA, PEAPOD_RUN.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/setup_venv.sh
+source "${PEAPOD_VENV:-$root/.venv}/bin/activate"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TOKENIZERS_PARALLELISM=false
+
+data="${PEAPOD_DATA:-$root/data/ml-100k}"
+run="${PEAPOD_RUN:-$root/runs/ml-100k-$(date +%Y%m%d-%H%M%S)}"
+if [ ! -f "$data/manifest.json" ]; then
+  peapod-scale prepare --source movielens --output "$data"
+fi
+deepspeed --num_gpus "${PEAPOD_NPROC:-2}" peapod_scale/train.py \
+  --data "$data" --output "$run" --deepspeed ds_configs/z2.json \
+  --arch "${PEAPOD_ARCH:-tiny}" --max-steps "${PEAPOD_STEPS:-1500}" "$@"
+echo "run folder: $run   (tensorboard --logdir $run/tensorboard)"
