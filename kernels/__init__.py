@@ -1,9 +1,10 @@
 """Fused ops for peapod-scale (installed as ``peapod_scale.kernels``).
 
 ``compose`` is the one op both user-prompt variants call; the plain torch reference is the ground
-truth and the default on CPU, the Triton kernel is used on CUDA.
+truth and the default on CPU, the Triton kernel is used on CUDA. Importing this package never needs a
+GPU or triton: without triton only the reference path is available.
 """
 
-from .compose import compose, compose_reference
+from .compose import ComposeFunction, compose, compose_reference, compose_triton
 
-__all__ = ["compose", "compose_reference"]
+__all__ = ["ComposeFunction", "compose", "compose_reference", "compose_triton"]
