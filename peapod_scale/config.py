@@ -24,6 +24,8 @@ class TrainConfig:
     micro_batch_size: Optional[int] = _opt(None, "examples per rank per micro-step (default: the DeepSpeed config's)")
     grad_accum: Optional[int] = _opt(None, "micro-steps per optimizer step (default: the DeepSpeed config's)")
     lr: Optional[float] = _opt(None, "peak learning rate (default: the DeepSpeed config's optimizer lr)")
+    embedding_lr_scale: float = _opt(30.0, "learning-rate multiplier for embedding tables that start random "
+                                           "(user embeddings; token embeddings of an --arch backbone)")
     warmup_steps: int = _opt(100, "linear warm-up steps, then cosine decay to 10%% of the peak")
     dropout: float = _opt(0.1, "dropout rate of a preset backbone")
     seed: int = _opt(42, "seed for weights, shuffling and sampled candidates")

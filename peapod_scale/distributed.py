@@ -57,3 +57,10 @@ def setup(local_rank_arg: int = -1) -> DistInfo:
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     return info
+
+
+def progress_interval() -> float:
+    """Seconds between progress-bar refreshes: live on a terminal, sparse in a log file."""
+    import sys
+
+    return 0.5 if sys.stderr.isatty() else 30.0

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import metrics
+from .distributed import progress_interval
 from .baselines import Popularity, Transitions
 from .data.batches import TaskBatcher, evaluation_candidates
 from .data.stream import read_rows, training_sequences
@@ -42,7 +43,8 @@ def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *,
     device = next(model.parameters()).device
     returned = min(TOP_K, num_beams)
     out = []
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"eval {task}", disable=not show_progress, leave=False):
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"eval {task}", disable=not show_progress, leave=False,
+                      mininterval=progress_interval()):
         chunk = rows[start : start + batch_size]
         batch = {k: v.to(device) for k, v in batcher(chunk, task, with_labels=False).items()}
         generated = model.generate(**batch, num_beams=num_beams, num_return_sequences=returned,

@@ -16,12 +16,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import distributed, ds_config
+from .distributed import progress_interval
 from .config import TrainConfig
 from .data.batches import TaskBatcher
 from .data.stream import batch_stream, read_manifest
 from .data.tokenizer import load_codec
 from .evaluation import evaluate, format_table, write_json_atomic
-from .model.build import build_model
+from .model.build import build_model, optimizer_groups
 
 
 def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
@@ -48,7 +49,9 @@ class Trainer:
         model = build_model(cfg, self.manifest["counts"]["users"], self.codec.vocab_size)
         optimizer_steps = warmup_cosine(cfg.warmup_steps, cfg.max_steps)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self.ds_config,
+            model=model, config=self.ds_config,
+            model_parameters=optimizer_groups(model, ds_config.peak_lr(self.ds_config), cfg.embedding_lr_scale,
+                                              backbone_is_random=cfg.model is None),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, optimizer_steps),
         )
         self.batcher = TaskBatcher(self.codec, self.manifest["counts"]["items"], cfg.topn_candidates, cfg.seed)
@@ -84,7 +87,8 @@ class Trainer:
                               self.dist.world_size, cfg.seed, cfg.shuffle_buffer, cfg.num_workers)
         device = engine.device
         sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        progress = tqdm(total=cfg.max_steps, desc="train", disable=not self.dist.is_main, dynamic_ncols=True)
+        progress = tqdm(total=cfg.max_steps, desc="train", disable=not self.dist.is_main, dynamic_ncols=True,
+                        mininterval=progress_interval())
         micro_step, window_start, window_samples = 0, time.perf_counter(), 0
         engine.train()
         while engine.global_steps < cfg.max_steps:

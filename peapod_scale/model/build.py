@@ -33,3 +33,21 @@ def build_model(cfg: TrainConfig, num_users: int, vocab_size: int) -> PeaPOD:
     if cfg.model:
         return PeaPOD(prompts, load_backbone(cfg.model))
     return PeaPOD.from_preset(cfg.arch, vocab_size, prompts, dropout_rate=cfg.dropout)
+
+
+def optimizer_groups(model: PeaPOD, lr: float, embedding_lr_scale: float, backbone_is_random: bool) -> list[dict]:
+    """Parameter groups: embedding tables that start random learn ``embedding_lr_scale`` times faster.
+
+    Adam moves a weight by about ``lr`` per update, but a row of an embedding table is only updated
+    when its id occurs in a batch, and T5 initialises embeddings with std 1.0: at the body's learning
+    rate, user rows (a few hundred updates an epoch) barely leave their random start. Pretrained token
+    embeddings keep the body's rate.
+    """
+    fast_names = {"user_prompt.users.weight"} | ({"t5.shared.weight"} if backbone_is_random else set())
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    body = [p for n, p in trainable if n not in fast_names]
+    fast = [p for n, p in trainable if n in fast_names]
+    groups = [{"params": body, "lr": lr}]
+    if fast:
+        groups.append({"params": fast, "lr": lr * embedding_lr_scale})
+    return groups
