@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,7 @@ from .data.tokenizer import TextCodec
 
 TOP_K = 10
 EVAL_TASKS = ("sequential", "topn")
+_PLACEHOLDER_ROW = {"user": 1, "history": [1], "target": 1, "negatives": [1]}  # keeps an empty rank in lock-step
 
 
 def _gather(objects: list, world_size: int) -> list:
@@ -38,17 +40,24 @@ def _max_answer_tokens(codec: TextCodec, num_items: int) -> int:
 
 @torch.no_grad()
 def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *, batch_size: int,
-                num_beams: int, max_new_tokens: int, show_progress: bool) -> list[tuple[int, int | None]]:
-    """(user, 0-based rank of the held-out item or None) for each row, by beam search."""
+                num_beams: int, max_new_tokens: int, show_progress: bool, num_batches: int | None = None,
+                synced: bool = False) -> list[tuple[int, int | None]]:
+    """(user, 0-based rank of the held-out item or None) for each row, by beam search.
+
+    Under ZeRO-3 every forward is a collective: ``synced`` keeps ranks generating in lock-step, and
+    ``num_batches`` makes a rank whose shard ran out run throw-away batches until the others finish.
+    """
     device = next(model.parameters()).device
     returned = min(TOP_K, num_beams)
+    num_batches = math.ceil(len(rows) / batch_size) if num_batches is None else num_batches
     out = []
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"eval {task}", disable=not show_progress, leave=False,
+    for index in tqdm(range(num_batches), desc=f"eval {task}", disable=not show_progress, leave=False,
                       mininterval=progress_interval()):
-        chunk = rows[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in batcher(chunk, task, with_labels=False).items()}
-        generated = model.generate(**batch, num_beams=num_beams, num_return_sequences=returned,
-                                   max_new_tokens=max_new_tokens, do_sample=False, early_stopping=True)
+        chunk = rows[index * batch_size : (index + 1) * batch_size]
+        batch = batcher(chunk or rows[:1] or [_PLACEHOLDER_ROW], task, with_labels=False)
+        generated = model.generate(**{k: v.to(device) for k, v in batch.items()}, num_beams=num_beams,
+                                   num_return_sequences=returned, max_new_tokens=max_new_tokens, do_sample=False,
+                                   early_stopping=True, synced_gpus=synced)
         texts = batcher.codec.decode(generated.tolist())
         for i, row in enumerate(chunk):
             ranked = [parse_item(t) for t in texts[i * returned : (i + 1) * returned]]
@@ -65,7 +74,7 @@ def baseline_ranks(baseline, rows: Sequence[dict], task: str, seed: int) -> list
 
 def evaluate(model, codec: TextCodec, data_dir: str | Path, manifest: dict, *, split: str = "test",
              tasks: Sequence[str] = EVAL_TASKS, batch_size: int = 32, num_beams: int = 20, seed: int = 42,
-             limit: int | None = None, rank: int = 0, world_size: int = 1) -> dict:
+             limit: int | None = None, rank: int = 0, world_size: int = 1, synced: bool = False) -> dict:
     """Metrics for the model and both baselines; every rank returns the same dict."""
     unknown = set(tasks) - set(EVAL_TASKS)
     if unknown:
@@ -79,8 +88,9 @@ def evaluate(model, codec: TextCodec, data_dir: str | Path, manifest: dict, *, s
     model.eval()
     results: dict = {"split": split, "users": len(rows), "num_beams": num_beams, "constrained": False}
     for task in tasks:
-        mine = model_ranks(model, batcher, rows[rank::world_size], task, batch_size=batch_size,
-                           num_beams=num_beams, max_new_tokens=max_new_tokens, show_progress=rank == 0)
+        mine = model_ranks(model, batcher, rows[rank::world_size], task, batch_size=batch_size, num_beams=num_beams,
+                           max_new_tokens=max_new_tokens, show_progress=rank == 0, synced=synced,
+                           num_batches=math.ceil(math.ceil(len(rows) / world_size) / batch_size))
         ranks = [r for _, r in sorted(_gather(mine, world_size), key=lambda ur: ur[0])]
         results[task] = {"model": metrics.summarize(ranks)}
         for name, baseline in baselines.items():

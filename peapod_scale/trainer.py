@@ -158,7 +158,8 @@ class Trainer:
             return None
         results = evaluate(self.engine.module, self.codec, cfg.data, self.manifest, split=cfg.eval_split,
                            tasks=cfg.eval_task_list(), batch_size=cfg.eval_batch_size, num_beams=cfg.num_beams,
-                           seed=cfg.seed, limit=cfg.eval_limit, rank=self.dist.rank, world_size=self.dist.world_size)
+                           seed=cfg.seed, limit=cfg.eval_limit, rank=self.dist.rank, world_size=self.dist.world_size,
+                           synced=self.dist.world_size > 1 and ds_config.zero_stage(self.ds_config) == 3)
         if self.dist.is_main:
             write_json_atomic(self.run_dir / f"metrics_{cfg.eval_split}.json", results)
             self.log(format_table(results))
