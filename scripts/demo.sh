@@ -16,5 +16,5 @@ if [ ! -f "$data/manifest.json" ]; then
 fi
 deepspeed --num_gpus "${PEAPOD_NPROC:-2}" peapod_scale/train.py \
   --data "$data" --output "$run" --deepspeed ds_configs/z2.json \
-  --arch "${PEAPOD_ARCH:-tiny}" --max-steps "${PEAPOD_STEPS:-2400}" --dropout 0 "$@"
+  --arch "${PEAPOD_ARCH:-tiny}" --max-steps "${PEAPOD_STEPS:-2000}" --dropout 0 "$@"
 echo "run folder: $run   (tensorboard --logdir $run/tensorboard)"
