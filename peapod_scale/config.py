@@ -40,7 +40,7 @@ class TrainConfig:
     task_prompt_length: int = _opt(3, "tokens per task prompt")
     compose: str = _opt("auto", "prompt composition op: auto (Triton on CUDA, torch on CPU), triton or torch",
                         choices=["auto", "triton", "torch"])
-    shuffle_buffer: int = _opt(10_000, "rows in the streaming shuffle buffer")
+    shuffle_buffer: int = _opt(65_536, "rows shuffled together: row groups are read and permuted in windows of this size")
     num_workers: int = _opt(1, "data loader worker processes per rank")
     log_every: int = _opt(20, "steps between log lines and TensorBoard scalars")
     eval_split: str = _opt("test", "split evaluated after training (valid or test); 'none' skips it")

@@ -1,16 +1,12 @@
-"""Training rows streamed from the Parquet shards with Hugging Face ``datasets``, split by rank."""
+"""The dataset folder: its manifest, evaluation splits read whole, and the rank's training stream."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow.parquet as pq
-
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # shards are local; never ask the hub
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def read_manifest(data_dir: str | Path) -> dict:
@@ -41,29 +37,15 @@ def training_sequences(data_dir: str | Path, manifest: dict) -> Iterator[list[in
             yield items[:-2]
 
 
-def _rows_as_list(rows: list[dict]) -> list[dict]:
-    return rows
-
-
 def batch_stream(data_dir: str | Path, manifest: dict, batch_size: int, rank: int, world_size: int,
-                 seed: int, shuffle_buffer: int = 10_000, num_workers: int = 1) -> Iterator[list[dict]]:
-    """Endless batches of raw training rows for this rank, reshuffled every epoch.
+                 seed: int, shuffle_buffer: int = 65_536, num_workers: int = 1) -> Iterator[list[dict]]:
+    """Endless batches of raw training rows for this rank, reshuffled every epoch (see reader.py).
 
-    It never ends, so every rank runs exactly the trainer's number of steps and no collective waits
-    on a rank whose shard ran out first.
+    Every rank gets the same number of batches per epoch, so no collective waits on a rank whose
+    shard ran out first.
     """
-    from datasets import load_dataset
-    from datasets.distributed import split_dataset_by_node
-    from torch.utils.data import DataLoader
+    from .reader import ShardStream, TrainStream
 
-    files = split_files(data_dir, manifest, "train")
-    stream = load_dataset("parquet", data_files=files, split="train", streaming=True)
-    stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
-    stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-    loader = DataLoader(stream, batch_size=batch_size, collate_fn=_rows_as_list, num_workers=num_workers,
-                        drop_last=True, persistent_workers=False)
-    epoch = 0
-    while True:
-        stream.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+    dataset = ShardStream(split_files(data_dir, manifest, "train"), batch_size, rank, world_size, seed=seed,
+                          window_rows=shuffle_buffer, columns=["user", "history", "target"])
+    return iter(TrainStream(dataset, num_workers=num_workers))
