@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Command (1): set up, prepare the embedded MovieLens-100K, train PeaPOD on 2 DeepSpeed ranks (ZeRO-2),
 # evaluate on the test split against the popularity and transition baselines.
-# Override with PEAPOD_NPROC (ranks), PEAPOD_STEPS, PEAPOD_ARCH, PEAPOD_DATA, PEAPOD_RUN.
+# Override with PEAPOD_NPROC (ranks; default every GPU, or 2 on CPU), PEAPOD_STEPS, PEAPOD_ARCH, PEAPOD_DATA, PEAPOD_RUN.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -14,7 +14,9 @@ run="${PEAPOD_RUN:-$root/runs/ml-100k-$(date +%Y%m%d-%H%M%S)}"
 if [ ! -f "$data/manifest.json" ]; then
   peapod-scale prepare --source movielens --output "$data"
 fi
-deepspeed --num_gpus "${PEAPOD_NPROC:-2}" peapod_scale/train.py \
+gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+nproc="${PEAPOD_NPROC:-$([ "$gpus" -gt 0 ] && echo "$gpus" || echo 2)}"  # every GPU, or 2 CPU ranks
+deepspeed --num_gpus "$nproc" peapod_scale/train.py \
   --data "$data" --output "$run" --deepspeed ds_configs/z2.json \
   --arch "${PEAPOD_ARCH:-tiny}" --max-steps "${PEAPOD_STEPS:-2000}" --dropout 0 "$@"
 echo "run folder: $run   (tensorboard --logdir $run/tensorboard)"
