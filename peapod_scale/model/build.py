@@ -7,6 +7,7 @@ from transformers import T5ForConditionalGeneration
 from peapod_scale.config import TrainConfig
 
 from .peapod import PeaPOD, PeaPODConfig
+from .presets import untie_lm_head
 
 
 def prompt_config(cfg: TrainConfig, num_users: int) -> PeaPODConfig:
@@ -19,13 +20,11 @@ def prompt_config(cfg: TrainConfig, num_users: int) -> PeaPODConfig:
 
 def load_backbone(name_or_dir: str) -> T5ForConditionalGeneration:
     try:
-        config_tied = T5ForConditionalGeneration.config_class.from_pretrained(name_or_dir).tie_word_embeddings
         backbone = T5ForConditionalGeneration.from_pretrained(name_or_dir)
     except OSError as error:
         raise OSError(f"cannot load the T5 model {name_or_dir!r} ({error}). Without network access, download it elsewhere "
                       "and pass the local folder to --model.") from None
-    backbone.config.tie_word_embeddings = config_tied  # transformers 5 re-ties Flan-T5's separate lm_head otherwise
-    return backbone
+    return untie_lm_head(backbone, keep_values=True)  # Flan-T5 keeps its own lm_head (see presets.py)
 
 
 def build_model(cfg: TrainConfig, num_users: int, vocab_size: int) -> PeaPOD:

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from peapod_scale.data.templates import TASKS
 
-from .presets import preset_config
+from .presets import new_backbone, preset_config, untie_lm_head
 from .user_prompt import PoolUserPrompt
 
 CONFIG_FILE = "peapod_config.json"
@@ -49,13 +49,25 @@ class PeaPODConfig:
         return self.task_prompt_length + (self.prompt_length if self.user_prompt != "none" else 0)
 
 
+def _token_embedding_std(backbone: T5ForConditionalGeneration) -> float:
+    """Scale for the new prompt parameters: the token embeddings' std.
+
+    Read from the weights when they are here; a ZeRO-3 partitioned (or meta) weight holds no values on
+    this rank, so then use the std T5 initialises its embeddings with (the initializer factor).
+    """
+    weight = backbone.get_input_embeddings().weight
+    if weight.is_meta or hasattr(weight, "ds_id") or weight.numel() < 2:
+        return float(backbone.config.initializer_factor)
+    return float(weight.detach().float().std())
+
+
 class PeaPOD(nn.Module):
     def __init__(self, config: PeaPODConfig, backbone: T5ForConditionalGeneration):
         super().__init__()
         self.config = config
         self.t5 = backbone
         d_model = backbone.config.d_model
-        embed_std = float(backbone.get_input_embeddings().weight.detach().float().std())
+        embed_std = _token_embedding_std(backbone)
         self.task_prompts = nn.Parameter(torch.randn(config.num_tasks, config.task_prompt_length, d_model) * embed_std)
         self.whole_word = nn.Embedding(config.max_whole_words, d_model)
         nn.init.normal_(self.whole_word.weight, std=embed_std * 0.1)
@@ -70,7 +82,7 @@ class PeaPOD(nn.Module):
 
     @classmethod
     def from_preset(cls, arch: str, vocab_size: int, config: PeaPODConfig, dropout_rate: float = 0.1) -> "PeaPOD":
-        return cls(config, T5ForConditionalGeneration(preset_config(arch, vocab_size, dropout_rate)))
+        return cls(config, new_backbone(preset_config(arch, vocab_size, dropout_rate)))
 
     def encoder_inputs(self, input_ids, attention_mask, whole_word_ids, user_ids, task_ids):
         """Prompt-extended ``inputs_embeds`` and attention mask for the encoder."""
@@ -119,10 +131,7 @@ class PeaPOD(nn.Module):
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: is {directory} a folder written by PeaPOD.save_pretrained?")
         config = PeaPODConfig(**{**json.loads(config_path.read_text()), **overrides})
-        backbone_config = T5Config.from_pretrained(directory / BACKBONE_DIR)
-        tied = backbone_config.tie_word_embeddings
-        backbone = T5ForConditionalGeneration.from_pretrained(directory / BACKBONE_DIR, config=backbone_config)
-        backbone.config.tie_word_embeddings = tied
+        backbone = untie_lm_head(T5ForConditionalGeneration.from_pretrained(directory / BACKBONE_DIR), keep_values=True)
         model = cls(config, backbone)
         missing, unexpected = model.load_state_dict(load_file(str(directory / PROMPT_WEIGHTS_FILE)), strict=False)
         missing = [k for k in missing if not k.startswith("t5.")]

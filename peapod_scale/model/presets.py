@@ -1,15 +1,24 @@
-"""Backbone presets: the real dimensions of the released T5 / Flan-T5 checkpoints, plus ``tiny``.
+"""Backbone presets: the real dimensions of the released T5 / Flan-T5 checkpoints, plus small ones for tests.
 
 Built with random weights (no hub here); a user with real weights passes ``--model NAME_OR_DIR``.
+
+Why the lm_head handling below: transformers 5 forces ``T5Config.tie_word_embeddings`` to True and
+keeps the released flag only as ``scale_decoder_outputs`` (False for T5 v1.1 / Flan-T5). Setting the
+flag to False before building a model unties *everything*, the encoder and decoder token embeddings
+included, which is wrong; the released Flan-T5 shares the token embedding between encoder, decoder
+and ``shared`` and has only a separate ``lm_head``. ``untie_lm_head`` gives exactly that.
 """
 
 from __future__ import annotations
 
-from transformers import T5Config
+import torch
+from torch import nn
+from transformers import T5Config, T5ForConditionalGeneration
 
 # d_model, d_ff, d_kv, num_heads, num_layers (encoder = decoder), feed_forward_proj, tied lm_head
 _DIMENSIONS = {
     "tiny": (64, 128, 16, 4, 2, "relu", True),
+    "tiny-flan": (64, 128, 16, 4, 2, "gated-gelu", False),
     "mini": (128, 512, 32, 4, 3, "relu", True),
     "t5-small": (512, 2048, 64, 8, 6, "relu", True),
     "t5-base": (768, 3072, 64, 12, 12, "relu", True),
@@ -30,7 +39,7 @@ def preset_config(name: str, vocab_size: int = RELEASED_VOCAB_SIZE, dropout_rate
     if name not in _DIMENSIONS:
         raise ValueError(f"unknown --arch {name!r}; choose one of: {', '.join(PRESETS)}")
     d_model, d_ff, d_kv, heads, layers, ffn, tied = _DIMENSIONS[name]
-    config = T5Config(
+    return T5Config(
         vocab_size=vocab_size,
         d_model=d_model,
         d_ff=d_ff,
@@ -43,8 +52,48 @@ def preset_config(name: str, vocab_size: int = RELEASED_VOCAB_SIZE, dropout_rate
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
+        tie_word_embeddings=tied,  # transformers 5 keeps it as scale_decoder_outputs (see the module docstring)
     )
-    # transformers 5 turns tie_word_embeddings=False back into True inside T5Config.__init__;
-    # Flan-T5 / T5 v1.1 have their own lm_head, so set it after construction.
-    config.tie_word_embeddings = tied
-    return config
+
+
+def has_own_lm_head(config: T5Config) -> bool:
+    """True for T5 v1.1 / Flan-T5 style configs (released with ``tie_word_embeddings: false``)."""
+    return not getattr(config, "scale_decoder_outputs", config.tie_word_embeddings)
+
+
+class _SeparateHead(nn.Linear):
+    """An lm_head created by module construction, so ``deepspeed.zero.Init`` partitions it as it is built;
+    initialised as T5 v1.1 does (normal, std = initializer factor) inside ``__init__`` for the same reason."""
+
+    def __init__(self, d_model: int, vocab_size: int, std: float):
+        self._std = std
+        super().__init__(d_model, vocab_size, bias=False)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self._std)
+
+
+def untie_lm_head(model: T5ForConditionalGeneration, keep_values: bool = False) -> T5ForConditionalGeneration:
+    """Give ``model`` its own lm_head when its config asks for one; encoder/decoder embeddings stay shared.
+
+    ``keep_values`` copies the current (tied) values instead of a fresh init: for a loaded checkpoint
+    whose lm_head happened to equal the token embedding.
+    """
+    if not has_own_lm_head(model.config):
+        return model
+    if model.lm_head.weight is model.shared.weight:
+        config = model.config
+        model.lm_head = _SeparateHead(config.d_model, config.vocab_size, config.initializer_factor)
+        if keep_values:
+            with torch.no_grad():
+                model.lm_head.weight.copy_(model.shared.weight)
+    # Save and re-tie only the embeddings from now on; the saved config says "untied" again.
+    model._tied_weights_keys = {k: v for k, v in model._tied_weights_keys.items() if k != "lm_head.weight"}
+    model.all_tied_weights_keys = {k: v for k, v in model.all_tied_weights_keys.items() if k != "lm_head.weight"}
+    model.config.tie_word_embeddings = False
+    return model
+
+
+def new_backbone(config: T5Config) -> T5ForConditionalGeneration:
+    """A randomly initialised backbone with the released tying (works on the meta device and under zero.Init)."""
+    return untie_lm_head(T5ForConditionalGeneration(config))
