@@ -31,6 +31,8 @@ class TrainConfig:
     seed: int = _opt(42, "seed for weights, shuffling and sampled candidates")
     tasks: str = _opt("sequential,topn", "comma-separated tasks; batches alternate between them")
     topn_candidates: int = _opt(20, "candidates in a top-N training prompt (1 positive + sampled negatives)")
+    train: str = _opt("all", "what learns: all parameters, or prompts (frozen backbone; task prompts, whole-word "
+                             "embedding and the user prompt module only)", choices=["all", "prompts"])
     user_prompt: str = _opt("pool", "personalised prompt: pool (PeaPOD) or none (POD)", choices=["pool", "none"])
     pool_size: int = _opt(32, "M: prompts in the shared pool")
     prompt_length: int = _opt(3, "L: tokens per user prompt")

@@ -22,3 +22,36 @@ def test_pretrained_token_embeddings_keep_the_body_rate():
     groups = optimizer_groups(model, lr=1e-3, embedding_lr_scale=30, backbone_is_random=False)
     assert [id(p) for p in groups[1]["params"]] == [id(model.user_prompt.users.weight)]
     assert any(p is model.t5.shared.weight for p in groups[0]["params"])
+
+
+def _one_step(train: str):
+    import torch
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(data="unused", output="unused", arch="tiny", pool_size=4, user_dim=8, train=train, dropout=0.0)
+    model = build_model(cfg, num_users=5, vocab_size=40)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(optimizer_groups(model, 1e-2, 30, backbone_is_random=True))
+    ids = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
+    mask = (ids != 0).long()
+    loss = model(input_ids=ids, attention_mask=mask, whole_word_ids=torch.tensor([[1, 2, 3, 0], [1, 2, 0, 0]]),
+                 user_ids=torch.tensor([1, 3]), task_ids=torch.tensor([0, 0]), labels=torch.tensor([[9, 1], [5, 1]])).loss
+    loss.backward()
+    optimizer.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    return model, moved
+
+
+def test_train_prompts_moves_only_the_prompt_side():
+    model, moved = _one_step("prompts")
+    backbone = {"t5." + n for n, _ in model.t5.named_parameters()}
+    assert not moved & backbone
+    assert moved == {"task_prompts", "whole_word.weight", "user_prompt.pool", "user_prompt.keys",
+                     "user_prompt.query.weight", "user_prompt.users.weight"}
+    groups = optimizer_groups(model, 1e-3, 30, backbone_is_random=True)
+    assert sum(len(g["params"]) for g in groups) == len(moved)  # no optimizer state for frozen weights
+
+
+def test_train_all_moves_the_backbone_too():
+    model, moved = _one_step("all")
+    assert "t5.shared.weight" in moved and "t5.encoder.block.0.layer.0.SelfAttention.q.weight" in moved

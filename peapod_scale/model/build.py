@@ -27,11 +27,24 @@ def load_backbone(name_or_dir: str) -> T5ForConditionalGeneration:
     return untie_lm_head(backbone, keep_values=True)  # Flan-T5 keeps its own lm_head (see presets.py)
 
 
+def freeze_backbone(model: PeaPOD) -> PeaPOD:
+    """``--train prompts``: only PeaPOD's own parameters learn (task prompts, whole-word embedding, user prompt).
+
+    The T5 weights get ``requires_grad=False``, so ``optimizer_groups`` leaves them out and no optimizer
+    state is kept for them: prompt distillation of a large frozen backbone costs little memory.
+    """
+    for parameter in model.t5.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
 def build_model(cfg: TrainConfig, num_users: int, vocab_size: int) -> PeaPOD:
     prompts = prompt_config(cfg, num_users)
     if cfg.model:
-        return PeaPOD(prompts, load_backbone(cfg.model))
-    return PeaPOD.from_preset(cfg.arch, vocab_size, prompts, dropout_rate=cfg.dropout)
+        model = PeaPOD(prompts, load_backbone(cfg.model))
+    else:
+        model = PeaPOD.from_preset(cfg.arch, vocab_size, prompts, dropout_rate=cfg.dropout)
+    return freeze_backbone(model) if cfg.train == "prompts" else model
 
 
 def optimizer_groups(model: PeaPOD, lr: float, embedding_lr_scale: float, backbone_is_random: bool) -> list[dict]:
