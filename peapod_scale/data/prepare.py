@@ -10,6 +10,11 @@ Layout of the output folder (the trainer reads exactly this; see DESIGN.md "Data
     valid/part-*.parquet         user, history, target, negatives    target = items[-2]
     test/part-*.parquet          user, history, target, negatives    target = items[-1]
 
+When the source has review text (amazon-reviews, P5 with exp_splits.pkl) train/valid/test also get
+an ``explanation`` string column: the explanation of the row's *target* interaction, "" when that
+interaction has none (never null). manifest["tasks"] lists the tasks the data supports and
+manifest["task_rows"] counts usable rows per split and task.
+
 Everything is written into a temporary sibling folder that is renamed into place only when complete.
 """
 
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from peapod_scale import __version__
@@ -55,6 +61,7 @@ _NAMES_SCHEMA = {
 _SEQUENCES_SCHEMA = _schema(("user", pa.int32()), ("items", _IDS))
 _TRAIN_SCHEMA = _schema(("user", pa.int32()), ("history", _IDS), ("target", pa.int32()))
 _EVAL_SCHEMA = _schema(("user", pa.int32()), ("history", _IDS), ("target", pa.int32()), ("negatives", _IDS))
+_EXPLANATION = pa.field("explanation", pa.string(), nullable=False)  # "" = no explanation
 
 
 @dataclass
@@ -66,6 +73,7 @@ class _Dataset:
     user_original: list[str]  # [U]
     item_original: list[str]  # [I]: item k+1
     skipped: int  # users with fewer than MIN_INTERACTIONS interactions
+    texts: pa.Array | None = None  # [N] explanation per interaction ("" = none), aligned with items
 
     @property
     def num_users(self) -> int:
@@ -110,6 +118,7 @@ def _number(raw: RawSequences, seed: int, item_index: str) -> _Dataset:
             f"(one to train on, one to validate, one to test); nothing to prepare"
         )
     items = raw.items[np.repeat(keep, lengths)]
+    texts = None if raw.texts is None else raw.texts.filter(pa.array(np.repeat(keep, lengths)))
     lengths, user_keys = lengths[keep], raw.user_keys[keep]
 
     # Items present in the kept users, numbered by first appearance (users in input order, each
@@ -129,7 +138,9 @@ def _number(raw: RawSequences, seed: int, item_index: str) -> _Dataset:
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     if raw.user_numbering == "key":
         order = np.argsort(user_keys, kind="stable")
-        items = items[_segment_positions(starts[order], lengths[order])]
+        positions = _segment_positions(starts[order], lengths[order])
+        items = items[positions]
+        texts = None if texts is None else texts.take(pa.array(positions))
         lengths, user_keys = lengths[order], user_keys[order]
     return _Dataset(
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
@@ -137,6 +148,7 @@ def _number(raw: RawSequences, seed: int, item_index: str) -> _Dataset:
         user_original=raw.user_original(user_keys),
         item_original=raw.item_original(item_keys),
         skipped=int((~keep).sum()),
+        texts=texts,
     )
 
 
@@ -181,6 +193,8 @@ def _rows_table(ds: _Dataset, rows: _Rows, a: int, b: int, schema: pa.Schema,
         columns.append(pa.array(ds.items[hi]))
     if negatives is not None:
         columns.append(_id_lists(np.arange(len(negatives) + 1) * negatives.shape[1], negatives.ravel()))
+    if "explanation" in schema.names:  # the explanation of the target interaction
+        columns.append(ds.texts.take(pa.array(hi)))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -269,22 +283,45 @@ def _write_dataset(root: Path, ds: _Dataset, *, seed: int, max_history: int, num
     _write_parquet(_names_table("user", ds.user_original), root / "users.parquet")
     _write_parquet(_names_table("item", ds.item_original), root / "items.parquet")
     rows = _split_rows(ds, max_history)
+    train_schema, eval_schema = _TRAIN_SCHEMA, _EVAL_SCHEMA
+    if ds.texts is not None:
+        train_schema, eval_schema = (s.append(_EXPLANATION) for s in (_TRAIN_SCHEMA, _EVAL_SCHEMA))
 
     def sequences(a: int, b: int) -> dict[str, pa.Table]:
         return {"sequences": _rows_table(ds, rows["sequences"], a, b, _SEQUENCES_SCHEMA)}
 
     def train(a: int, b: int) -> dict[str, pa.Table]:
-        return {"train": _rows_table(ds, rows["train"], a, b, _TRAIN_SCHEMA)}
+        return {"train": _rows_table(ds, rows["train"], a, b, train_schema)}
 
     def evaluation(a: int, b: int) -> dict[str, pa.Table]:
         # valid and test have one row per user: they share shard ranges, so also the negatives.
         negatives = _negatives(ds, a, b, num_negatives, seed)
-        return {name: _rows_table(ds, rows[name], a, b, _EVAL_SCHEMA, negatives) for name in ("valid", "test")}
+        return {name: _rows_table(ds, rows[name], a, b, eval_schema, negatives) for name in ("valid", "test")}
 
     splits = _write_shards(root, ds.num_users, rows_per_shard, sequences)
     splits |= _write_shards(root, len(rows["train"].user), rows_per_shard, train)
     splits |= _write_shards(root, ds.num_users, rows_per_shard, evaluation)
     return {name: splits[name] for name in ("train", "valid", "test", "sequences")}
+
+
+def _tasks(ds: _Dataset) -> list[str]:
+    """Tasks the data supports: explanation only where the source carries at least one text."""
+    has_text = ds.texts is not None and bool(pc.any(pc.greater(pc.binary_length(ds.texts), 0)).as_py())
+    return ["sequential", "topn"] + (["explanation"] if has_text else [])
+
+
+def _task_rows(ds: _Dataset, max_history: int, tasks: list[str]) -> dict[str, dict[str, int]]:
+    """Rows per split usable by each task: every row for sequential and top-N (valid/test carry
+    their negatives; train rows get theirs sampled at training time), rows whose target has a
+    non-empty explanation for explanation."""
+    rows = _split_rows(ds, max_history)
+    counts = {}
+    for name in ("train", "valid", "test"):
+        counts[name] = {task: len(rows[name].user) for task in tasks if task != "explanation"}
+        if "explanation" in tasks:
+            has_text = np.asarray(pc.binary_length(ds.texts)) > 0
+            counts[name]["explanation"] = int(has_text[rows[name].hi].sum())
+    return counts
 
 
 def _sha256(path: Path) -> str:
@@ -368,8 +405,8 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
     _check_output(out, overwrite)
     if input_path is None:
         if source != "movielens":
-            raise ValueError(f"--input is required for --source {source} (a folder holding "
-                             "sequential_data.txt and datamaps.json)")
+            raise ValueError(f"--input is required for --source {source} (p5: a folder holding "
+                             "sequential_data.txt and datamaps.json; amazon-reviews: a JSON-lines file)")
         input_path = movielens_100k()
 
     raw = load_source(source, input_path)
@@ -385,10 +422,13 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
         "num_negatives": num_negatives,
         "counts": {"users": ds.num_users, "items": ds.num_items, "interactions": len(ds.items)},
         "skipped": {"too_short_for_leave_one_out": ds.skipped},
+        "tasks": _tasks(ds),
         "splits": {},
         "tokenizer": None,
         "created_by": f"peapod-scale {__version__}",
     }
+
+    manifest["task_rows"] = _task_rows(ds, max_history, manifest["tasks"])
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -427,7 +467,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", required=True, choices=SOURCES,
         help="what --input holds: 'movielens' (u.data, ratings.dat or a RecBole .inter file, "
-             "detected from its content) or 'p5' (a folder with sequential_data.txt and datamaps.json)")
+             "detected from its content), 'p5' (a folder with sequential_data.txt and datamaps.json) or "
+             "'amazon-reviews' (review JSON lines, optionally gzipped; adds explanation targets)")
     parser.add_argument(
         "--input", metavar="PATH", default=None,
         help="the raw data. For movielens it may be left out: then the real MovieLens-100K ratings "
@@ -484,6 +525,10 @@ def format_summary(manifest: dict, output_dir: str | Path, seconds: float) -> st
         "",
         f"  {'split':<12}{'rows':>12}{'files':>8}",
         *(f"  {name:<12}{split['rows']:>12,}{len(split['files']):>8}" for name, split in splits.items()),
+        "",
+        f"  tasks {', '.join(manifest['tasks'])}; rows per task:",
+        *(f"    {name:<10}" + ", ".join(f"{task} {n:,}" for task, n in per_task.items())
+          for name, per_task in manifest["task_rows"].items()),
         "",
         f"  tokenizer {manifest['tokenizer'] or '(none)'}",
         f"  output {_folder_bytes(Path(output_dir)) / 1e6:.1f} MB in {seconds:.1f} s",

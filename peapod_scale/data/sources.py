@@ -1,4 +1,5 @@
-"""Readers for raw interaction data: MovieLens (u.data, ratings.dat, RecBole .inter) and P5.
+"""Readers for raw interaction data: MovieLens (u.data, ratings.dat, RecBole .inter), P5 and
+Amazon review JSON lines (:mod:`amazon`).
 
 Each reader validates every line and returns the users' chronological sequences in *input order*
 as a :class:`RawSequences`; numbering, splitting and writing happen in :mod:`prepare`.
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from peapod_scale.data.errors import DataFormatError
 
-SOURCES = ("movielens", "p5")
+SOURCES = ("movielens", "p5", "amazon-reviews")
 
 P5_SEQUENCES = "sequential_data.txt"
 P5_DATAMAPS = "datamaps.json"
@@ -47,6 +49,9 @@ class RawSequences:
     # "appearance": number users 1..U in input order; "key": by ascending raw id (P5 keeps its ids).
     user_numbering: str
     description: str  # e.g. "MovieLens u.data", for the summary
+    # Explanation target per interaction, aligned with ``items`` ("" = none); None when the source
+    # has no text at all. An Arrow array, not a list, so that it costs no Python object per row.
+    texts: pa.Array | None = None
 
 
 def load_source(source: str, input_path: str | Path) -> RawSequences:
@@ -54,6 +59,10 @@ def load_source(source: str, input_path: str | Path) -> RawSequences:
         return read_movielens(input_path)
     if source == "p5":
         return read_p5(input_path)
+    if source == "amazon-reviews":
+        from peapod_scale.data.amazon import read_amazon_reviews
+
+        return read_amazon_reviews(input_path)
     raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
