@@ -33,7 +33,11 @@ class TrainConfig:
     topn_candidates: int = _opt(20, "candidates in a top-N training prompt (1 positive + sampled negatives)")
     train: str = _opt("all", "what learns: all parameters, or prompts (frozen backbone; task prompts, whole-word "
                              "embedding and the user prompt module only)", choices=["all", "prompts"])
-    user_prompt: str = _opt("pool", "personalised prompt: pool (PeaPOD) or none (POD)", choices=["pool", "none"])
+    user_prompt: str = _opt("pool", "personalised prompt: pool (PeaPOD), neighbors (PeaPOD v2: attention over the "
+                                    "user's most similar users, lists from `prepare --neighbors`) or none (POD)",
+                            choices=["pool", "neighbors", "none"])
+    user_init: str = _opt("random", "user embeddings start random or from prepare's matrix-factorisation embeddings "
+                                    "(mf; needs --user-dim equal to prepare's --mf-dim)", choices=["random", "mf"])
     pool_size: int = _opt(32, "M: prompts in the shared pool")
     prompt_length: int = _opt(3, "L: tokens per user prompt")
     gate_heads: int = _opt(4, "H: gating heads; head h composes the h-th d/H slice of the width")
@@ -50,6 +54,8 @@ class TrainConfig:
     eval_batch_size: int = _opt(32, "users per generation batch")
     num_beams: int = _opt(20, "beams in evaluation beam search (10 returned)")
     eval_limit: Optional[int] = _opt(None, "evaluate only the first N users (quick checks)")
+    activation_checkpointing: bool = _opt(False, "recompute T5 block activations in the backward pass "
+                                                 "(gradient checkpointing): less activation memory, ~1/3 more compute")
     local_rank: int = _opt(-1, "set by the deepspeed launcher; torchrun and srun use the environment instead")
 
     def task_list(self) -> list[str]:
@@ -71,6 +77,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             kwargs["default"] = f.default
             kwargs["help"] += " (default: %(default)s)"
         kind = hints[f.name]
+        if kind is bool:
+            kwargs.pop("type", None)
+            parser.add_argument(*names, action="store_true", **kwargs)
+            continue
         kwargs["type"] = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # Optional[X] -> X
         parser.add_argument(*names, **kwargs)
 

@@ -109,7 +109,7 @@ def test_three_formats_give_identical_shards(tmp_path):
         prepare_dataset("movielens", str(write_movielens(tmp_path, fmt)), str(out), **SMALL)
         shards.append(parquet_bytes(out))
     assert shards[0] == shards[1] == shards[2]
-    assert len(shards[0]) == 6
+    assert len(shards[0]) == 8  # users, items, 4 splits, user_embeddings, neighbors
 
 
 def test_negatives_never_seen_seeded_per_user_and_independent_of_sharding(tmp_path):

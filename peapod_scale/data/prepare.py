@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from peapod_scale import __version__
 from peapod_scale.data.default_data import movielens_100k
 from peapod_scale.data.sources import SOURCES, RawSequences, load_source
+from peapod_scale.data.user_similarity import write_user_similarity
 
 SCHEMA_VERSION = 1
 ITEM_INDEX_CHOICES = ("random", "sequential")
@@ -74,6 +75,7 @@ class _Dataset:
     item_original: list[str]  # [I]: item k+1
     skipped: int  # users with fewer than MIN_INTERACTIONS interactions
     texts: pa.Array | None = None  # [N] explanation per interaction ("" = none), aligned with items
+    negatives: np.ndarray | None = None  # [U, K] item numbers from a negatives file, else sampled
 
     @property
     def num_users(self) -> int:
@@ -391,14 +393,16 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
 
 def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, seed: int = 42,
                     max_history: int = 20, num_negatives: int = 99, item_index: str = "random",
-                    rows_per_shard: int = 200_000, overwrite: bool = False) -> dict:
+                    rows_per_shard: int = 200_000, overwrite: bool = False, num_neighbors: int = 20,
+                    mf_dim: int = 64) -> dict:
     """Read, validate, number and split raw interactions; write the dataset folder; return its manifest."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     if item_index not in ITEM_INDEX_CHOICES:
         raise ValueError(f"item_index must be one of {', '.join(ITEM_INDEX_CHOICES)}, not {item_index!r}")
     for name, value, least in (("seed", seed, 0), ("max_history", max_history, 1),
-                               ("num_negatives", num_negatives, 0), ("rows_per_shard", rows_per_shard, 1)):
+                               ("num_negatives", num_negatives, 0), ("rows_per_shard", rows_per_shard, 1),
+                               ("num_neighbors", num_neighbors, 0), ("mf_dim", mf_dim, 1)):
         if not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, not {value!r}")
     out = Path(os.path.abspath(output_dir))
@@ -437,6 +441,9 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
     try:
         manifest["splits"] = _write_dataset(tmp, ds, seed=seed, max_history=max_history,
                                             num_negatives=num_negatives, rows_per_shard=rows_per_shard)
+        if num_neighbors > 0:  # user embeddings + neighbour lists for --user-prompt neighbors / --user-init mf
+            manifest["user_similarity"] = write_user_similarity(tmp, ds.offsets, ds.items, ds.num_items, seed=seed,
+                                                                num_neighbors=num_neighbors, mf_dim=mf_dim)
         _write_manifest(tmp, manifest)
         _attach_tokenizer(tmp, manifest)
         _move_into_place(tmp, out, overwrite)
@@ -500,6 +507,14 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         help="most rows per Parquet file; more files let more ranks and loader workers read in "
              "parallel (default: %(default)s)")
     parser.add_argument(
+        "--neighbors", type=_at_least(0), default=20,
+        help="most similar users kept per user (cosine on user embeddings factorised from the training "
+             "interactions only) for --user-prompt neighbors; 0 skips the embeddings and lists (default: %(default)s)")
+    parser.add_argument(
+        "--mf-dim", type=_at_least(1), default=64,
+        help="width of those user embeddings (BPR matrix factorisation); --user-init mf needs it equal to "
+             "--user-dim (default: %(default)s)")
+    parser.add_argument(
         "--overwrite", action="store_true",
         help="replace an existing output folder (only once the new one is complete); without it an "
              "existing folder is refused so that a finished dataset is never clobbered by accident")
@@ -541,7 +556,8 @@ def run_prepare(args: argparse.Namespace) -> dict:
     manifest = prepare_dataset(
         args.source, args.input, args.output, seed=args.seed, max_history=args.max_history,
         num_negatives=args.num_negatives, item_index=args.item_index,
-        rows_per_shard=args.rows_per_shard, overwrite=args.overwrite,
+        rows_per_shard=args.rows_per_shard, overwrite=args.overwrite, num_neighbors=args.neighbors,
+        mf_dim=args.mf_dim,
     )
     print(format_summary(manifest, args.output, time.perf_counter() - started))
     return manifest

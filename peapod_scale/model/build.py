@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from pathlib import Path
+
+import torch
 from transformers import T5ForConditionalGeneration
 
 from peapod_scale.config import TrainConfig
+from peapod_scale.data.user_similarity import read_neighbors, read_user_embeddings
 
 from .peapod import PeaPOD, PeaPODConfig
 from .presets import untie_lm_head
+from .zero import writable
 
 
 def prompt_config(cfg: TrainConfig, num_users: int) -> PeaPODConfig:
@@ -38,12 +45,56 @@ def freeze_backbone(model: PeaPOD) -> PeaPOD:
     return model
 
 
-def build_model(cfg: TrainConfig, num_users: int, vocab_size: int) -> PeaPOD:
+def _dataset_manifest(cfg: TrainConfig) -> dict:
+    return json.loads((Path(cfg.data) / "manifest.json").read_text())
+
+
+def _construction_context(ds_config: dict | None):
+    """``deepspeed.zero.Init`` under ZeRO-3: every parameter is partitioned over the ranks as its module
+    is built, so no rank ever holds a whole flan-t5-xxl. Otherwise an ordinary construction."""
+    if ds_config is None or int(ds_config.get("zero_optimization", {}).get("stage", 0)) != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.Init(config_dict_or_path=ds_config)
+
+
+def load_user_side(model: PeaPOD, cfg: TrainConfig, neighbors=None) -> None:
+    """Neighbour lists into the buffer; with ``--user-init mf`` the MF user embeddings into the table."""
+    prompt = model.user_prompt
+    if neighbors is not None:
+        prompt.neighbors[1:] = torch.from_numpy(neighbors)
+    if cfg.user_init == "mf":
+        if prompt is None:
+            raise ValueError("--user-init mf needs a user prompt (--user-prompt pool or neighbors)")
+        vectors = torch.from_numpy(read_user_embeddings(cfg.data, _dataset_manifest(cfg)))
+        table = prompt.users.weight
+        if vectors.shape[1] != prompt.users.embedding_dim or vectors.shape[0] != prompt.users.num_embeddings - 1:
+            raise ValueError(f"--user-init mf: the dataset's user embeddings are {tuple(vectors.shape)} but the model "
+                             f"has {prompt.users.num_embeddings - 1} users of width {prompt.users.embedding_dim}; "
+                             "set --user-dim to prepare's --mf-dim")
+        with writable(table), torch.no_grad():
+            table[1:] = vectors.to(table.dtype)
+
+
+def build_model(cfg: TrainConfig, num_users: int, vocab_size: int, ds_config: dict | None = None) -> PeaPOD:
+    """The model ``cfg`` asks for; ``ds_config`` (the resolved DeepSpeed dict) turns on ZeRO-3 construction."""
     prompts = prompt_config(cfg, num_users)
-    if cfg.model:
-        model = PeaPOD(prompts, load_backbone(cfg.model))
-    else:
-        model = PeaPOD.from_preset(cfg.arch, vocab_size, prompts, dropout_rate=cfg.dropout)
+    neighbors = None
+    if prompts.user_prompt == "neighbors":
+        neighbors = read_neighbors(cfg.data, _dataset_manifest(cfg))
+        if neighbors.shape[0] != num_users:
+            raise ValueError(f"{cfg.data}: neighbour lists for {neighbors.shape[0]} users, the dataset has {num_users}")
+        prompts.num_neighbors = neighbors.shape[1]
+    # A pretrained backbone loads outside zero.Init (from_pretrained would fill empty placeholders without
+    # Hugging Face's own DeepSpeed integration); deepspeed.initialize partitions it afterwards.
+    backbone = load_backbone(cfg.model) if cfg.model else None
+    with _construction_context(ds_config):
+        if backbone is not None:
+            model = PeaPOD(prompts, backbone)
+        else:
+            model = PeaPOD.from_preset(cfg.arch, vocab_size, prompts, dropout_rate=cfg.dropout)
+    load_user_side(model, cfg, neighbors)
     return freeze_backbone(model) if cfg.train == "prompts" else model
 
 

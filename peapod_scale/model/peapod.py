@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from peapod_scale.data.templates import TASKS
 
 from .presets import new_backbone, preset_config, untie_lm_head
-from .user_prompt import PoolUserPrompt
+from .user_prompt import NeighborUserPrompt, PoolUserPrompt
+from .zero import is_partitioned, writable
 
 CONFIG_FILE = "peapod_config.json"
 PROMPT_WEIGHTS_FILE = "peapod_prompts.safetensors"
@@ -28,7 +30,8 @@ class PeaPODConfig:
     """Every hyperparameter of the prompt side; the backbone keeps its own T5Config."""
 
     num_users: int
-    user_prompt: str = "pool"  # pool | none (POD: task prompts only)
+    user_prompt: str = "pool"  # pool | neighbors (PeaPOD v2) | none (POD: task prompts only)
+    num_neighbors: int = 20  # neighbors: the width of the lists prepare wrote
     pool_size: int = 32
     prompt_length: int = 3
     gate_heads: int = 4
@@ -41,8 +44,8 @@ class PeaPODConfig:
     compose_backend: str = "auto"
 
     def __post_init__(self):
-        if self.user_prompt not in ("pool", "none"):
-            raise ValueError(f"--user-prompt must be pool or none, got {self.user_prompt!r}")
+        if self.user_prompt not in ("pool", "neighbors", "none"):
+            raise ValueError(f"--user-prompt must be pool, neighbors or none, got {self.user_prompt!r}")
 
     @property
     def prompt_tokens(self) -> int:
@@ -56,7 +59,7 @@ def _token_embedding_std(backbone: T5ForConditionalGeneration) -> float:
     this rank, so then use the std T5 initialises its embeddings with (the initializer factor).
     """
     weight = backbone.get_input_embeddings().weight
-    if weight.is_meta or hasattr(weight, "ds_id") or weight.numel() < 2:
+    if weight.is_meta or is_partitioned(weight) or weight.numel() < 2:
         return float(backbone.config.initializer_factor)
     return float(weight.detach().float().std())
 
@@ -70,15 +73,24 @@ class PeaPOD(nn.Module):
         embed_std = _token_embedding_std(backbone)
         self.task_prompts = nn.Parameter(torch.randn(config.num_tasks, config.task_prompt_length, d_model) * embed_std)
         self.whole_word = nn.Embedding(config.max_whole_words, d_model)
-        nn.init.normal_(self.whole_word.weight, std=embed_std * 0.1)
+        with writable(self.whole_word.weight), torch.no_grad():
+            nn.init.normal_(self.whole_word.weight, std=embed_std * 0.1)
         self.user_prompt = None
         if config.user_prompt == "pool":
             self.user_prompt = PoolUserPrompt(
                 config.num_users, d_model, config.pool_size, config.prompt_length, config.gate_heads,
                 config.user_dim, config.key_dim, config.tau, config.compose_backend,
             )
-            with torch.no_grad():
+            with writable(self.user_prompt.pool), torch.no_grad():
                 self.user_prompt.pool.mul_(embed_std)
+        elif config.user_prompt == "neighbors":
+            self.user_prompt = NeighborUserPrompt(
+                config.num_users, config.num_neighbors, d_model, config.prompt_length, config.gate_heads,
+                config.user_dim, config.key_dim, config.tau, config.compose_backend,
+            )
+            # Linear's init gives values of std 1/sqrt(3) from N(0, 1) users: rescale to the embeddings' std.
+            with writable(self.user_prompt.value.weight), torch.no_grad():
+                self.user_prompt.value.weight.mul_(embed_std * math.sqrt(3))
 
     @classmethod
     def from_preset(cls, arch: str, vocab_size: int, config: PeaPODConfig, dropout_rate: float = 0.1) -> "PeaPOD":
