@@ -15,7 +15,7 @@ from peapod_scale.data.prepare import prepare_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ALL_BEAUTY = SHARED_DATA / "reviews" / "All_Beauty_5.json.gz"
-FAST = {"num_negatives": 0, "item_index": "sequential", "max_history": 5}
+FAST = {"num_negatives": 0, "item_index": "sequential", "max_history": 5, "num_neighbors": 0}
 
 
 def review(user, item, t, text="", summary="", **extra):
@@ -126,7 +126,7 @@ def test_truncated_gzip_is_an_error_not_a_silent_prefix(tmp_path):
 @pytest.mark.skipif(not ALL_BEAUTY.is_file(), reason=f"All_Beauty_5.json.gz not found at {ALL_BEAUTY}")
 def test_all_beauty(tmp_path):
     out = tmp_path / "beauty"
-    manifest = prepare_dataset("amazon-reviews", str(ALL_BEAUTY), str(out), num_negatives=20)
+    manifest = prepare_dataset("amazon-reviews", str(ALL_BEAUTY), str(out), num_negatives=20, num_neighbors=0)
     assert manifest["counts"] == {"users": 991, "items": 85, "interactions": 5_269}
     assert manifest["tasks"] == ["sequential", "topn", "explanation"]
     assert manifest["splits"]["train"]["rows"] == 5_269 - 3 * 991

