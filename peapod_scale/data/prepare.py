@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from peapod_scale import __version__
 from peapod_scale.data.default_data import movielens_100k
+from peapod_scale.data.filters import k_core
 from peapod_scale.data.sources import SOURCES, RawSequences, load_source
 from peapod_scale.data.user_similarity import write_user_similarity
 
@@ -413,7 +414,7 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
 def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, seed: int = 42,
                     max_history: int = 20, num_negatives: int = 99, item_index: str = "random",
                     rows_per_shard: int = 200_000, overwrite: bool = False, num_neighbors: int = 20,
-                    mf_dim: int = 64) -> dict:
+                    mf_dim: int = 64, min_interactions: int = 0) -> dict:
     """Read, validate, number and split raw interactions; write the dataset folder; return its manifest."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -421,7 +422,8 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
         raise ValueError(f"item_index must be one of {', '.join(ITEM_INDEX_CHOICES)}, not {item_index!r}")
     for name, value, least in (("seed", seed, 0), ("max_history", max_history, 1),
                                ("num_negatives", num_negatives, 0), ("rows_per_shard", rows_per_shard, 1),
-                               ("num_neighbors", num_neighbors, 0), ("mf_dim", mf_dim, 1)):
+                               ("num_neighbors", num_neighbors, 0), ("mf_dim", mf_dim, 1),
+                               ("min_interactions", min_interactions, 0)):
         if not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, not {value!r}")
     out = Path(os.path.abspath(output_dir))
@@ -433,6 +435,8 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
         input_path = movielens_100k()
 
     raw = load_source(source, input_path)
+    if min_interactions > 1:  # K-core before leave-one-out, so both users and items have K
+        raw, _ = k_core(raw, min_interactions)
     ds = _number(raw, seed, item_index)
     if ds.negatives is not None and ds.negatives.shape[1] < num_negatives:
         raise ValueError(f"negative_samples.txt holds {ds.negatives.shape[1]} negatives per user, fewer than "
@@ -445,6 +449,7 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
         "seed": seed,
         "item_index": item_index,
         "max_history": max_history,
+        "min_interactions": min_interactions,
         "num_negatives": num_negatives,
         "counts": {"users": ds.num_users, "items": ds.num_items, "interactions": len(ds.items)},
         "skipped": {"too_short_for_leave_one_out": ds.skipped, **raw.skipped},
@@ -537,6 +542,11 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         help="width of those user embeddings (BPR matrix factorisation); --user-init mf needs it equal to "
              "--user-dim (default: %(default)s)")
     parser.add_argument(
+        "--min-interactions", metavar="K", type=_at_least(0), default=0,
+        help="keep only the K-core: users and items with at least K interactions each, filtering "
+             "both in turn until stable (the Amazon '5-core'); 0 or 1 keeps everything "
+             "(default: %(default)s)")
+    parser.add_argument(
         "--overwrite", action="store_true",
         help="replace an existing output folder (only once the new one is complete); without it an "
              "existing folder is refused so that a finished dataset is never clobbered by accident")
@@ -557,7 +567,7 @@ def format_summary(manifest: dict, output_dir: str | Path, seconds: float) -> st
         f"  {'users':<42}{counts['users']:>12,}",
         f"  {'items':<42}{counts['items']:>12,}",
         f"  {'interactions':<42}{counts['interactions']:>12,}",
-        *(f"  {'skipped users (' + reason.replace('_', ' ') + ')':<42}{n:>12,}"
+        *(f"  {'skipped: ' + reason.replace('_', ' '):<42}{n:>12,}"
           for reason, n in manifest["skipped"].items()),
         "",
         f"  {'split':<12}{'rows':>12}{'files':>8}",
@@ -579,7 +589,7 @@ def run_prepare(args: argparse.Namespace) -> dict:
         args.source, args.input, args.output, seed=args.seed, max_history=args.max_history,
         num_negatives=args.num_negatives, item_index=args.item_index,
         rows_per_shard=args.rows_per_shard, overwrite=args.overwrite, num_neighbors=args.neighbors,
-        mf_dim=args.mf_dim,
+        mf_dim=args.mf_dim, min_interactions=args.min_interactions,
     )
     print(format_summary(manifest, args.output, time.perf_counter() - started))
     return manifest
