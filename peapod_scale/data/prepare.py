@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from peapod_scale import __version__
 from peapod_scale.data.default_data import movielens_100k
 from peapod_scale.data.filters import k_core
+from peapod_scale.data.synthetic import SYNTHETIC_DEFAULT, generate_synthetic
 from peapod_scale.data.sources import SOURCES, RawSequences, load_source
 from peapod_scale.data.user_similarity import write_user_similarity
 
@@ -213,7 +214,7 @@ def _rows_table(ds: _Dataset, rows: _Rows, a: int, b: int, schema: pa.Schema,
     if negatives is not None:
         columns.append(_id_lists(np.arange(len(negatives) + 1) * negatives.shape[1], negatives.ravel()))
     if "explanation" in schema.names:  # the explanation of the target interaction
-        columns.append(ds.texts.take(pa.array(hi)))
+        columns.append(ds.texts.take(pa.array(hi)).cast(pa.string()))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -326,9 +327,17 @@ def _write_dataset(root: Path, ds: _Dataset, *, seed: int, max_history: int, num
     return {name: splits[name] for name in ("train", "valid", "test", "sequences")}
 
 
+def _text_present(texts: pa.Array) -> np.ndarray:
+    """Boolean per interaction: has a non-empty explanation. Dictionary-encoded texts (synthetic
+    data) are measured on their few distinct strings instead of on every row."""
+    if pa.types.is_dictionary(texts.type):
+        return (np.asarray(pc.binary_length(texts.dictionary)) > 0)[np.asarray(texts.indices)]
+    return np.asarray(pc.binary_length(texts)) > 0
+
+
 def _tasks(ds: _Dataset) -> list[str]:
     """Tasks the data supports: explanation only where the source carries at least one text."""
-    has_text = ds.texts is not None and bool(pc.any(pc.greater(pc.binary_length(ds.texts), 0)).as_py())
+    has_text = ds.texts is not None and bool(_text_present(ds.texts).any())
     return ["sequential", "topn"] + (["explanation"] if has_text else [])
 
 
@@ -341,7 +350,7 @@ def _task_rows(ds: _Dataset, max_history: int, tasks: list[str]) -> dict[str, di
     for name in ("train", "valid", "test"):
         counts[name] = {task: len(rows[name].user) for task in tasks if task != "explanation"}
         if "explanation" in tasks:
-            has_text = np.asarray(pc.binary_length(ds.texts)) > 0
+            has_text = _text_present(ds.texts)
             counts[name]["explanation"] = int(has_text[rows[name].hi].sum())
     return counts
 
@@ -414,7 +423,8 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
 def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, seed: int = 42,
                     max_history: int = 20, num_negatives: int = 99, item_index: str = "random",
                     rows_per_shard: int = 200_000, overwrite: bool = False, num_neighbors: int = 20,
-                    mf_dim: int = 64, min_interactions: int = 0) -> dict:
+                    mf_dim: int = 64, min_interactions: int = 0, synthetic_shape: tuple[int, int, int] | None = None
+                    ) -> dict:
     """Read, validate, number and split raw interactions; write the dataset folder; return its manifest."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -428,13 +438,15 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
             raise ValueError(f"{name} must be an integer >= {least}, not {value!r}")
     out = Path(os.path.abspath(output_dir))
     _check_output(out, overwrite)
-    if input_path is None:
+    if source == "synthetic":
+        raw = generate_synthetic(*(synthetic_shape or SYNTHETIC_DEFAULT), seed=seed)
+    elif input_path is None:
         if source != "movielens":
             raise ValueError(f"--input is required for --source {source} (p5: a folder holding "
                              "sequential_data.txt and datamaps.json; amazon-reviews: a JSON-lines file)")
         input_path = movielens_100k()
-
-    raw = load_source(source, input_path)
+    if source != "synthetic":
+        raw = load_source(source, input_path)
     if min_interactions > 1:  # K-core before leave-one-out, so both users and items have K
         raw, _ = k_core(raw, min_interactions)
     ds = _number(raw, seed, item_index)
@@ -449,6 +461,8 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
         "seed": seed,
         "item_index": item_index,
         "max_history": max_history,
+        **({"synthetic": dict(zip(("num_users", "num_items", "num_interactions"), synthetic_shape or
+                                  SYNTHETIC_DEFAULT))} if source == "synthetic" else {}),
         "min_interactions": min_interactions,
         "num_negatives": num_negatives,
         "counts": {"users": ds.num_users, "items": ds.num_items, "interactions": len(ds.items)},
@@ -502,7 +516,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         "--source", required=True, choices=SOURCES,
         help="what --input holds: 'movielens' (u.data, ratings.dat or a RecBole .inter file, "
              "detected from its content), 'p5' (a folder with sequential_data.txt and datamaps.json) or "
-             "'amazon-reviews' (review JSON lines, optionally gzipped; adds explanation targets)")
+             "'amazon-reviews' (review JSON lines, optionally gzipped; adds explanation targets) or "
+             "'synthetic' (generated, no --input: Zipf popularity, walks on an item graph, templated reviews)")
     parser.add_argument(
         "--input", metavar="PATH", default=None,
         help="the raw data. For movielens it may be left out: then the real MovieLens-100K ratings "
@@ -541,6 +556,11 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         "--mf-dim", type=_at_least(1), default=64,
         help="width of those user embeddings (BPR matrix factorisation); --user-init mf needs it equal to "
              "--user-dim (default: %(default)s)")
+    for flag, default, what in (("--num-users", SYNTHETIC_DEFAULT[0], "users"),
+                                ("--num-items", SYNTHETIC_DEFAULT[1], "items"),
+                                ("--num-interactions", SYNTHETIC_DEFAULT[2], "interactions (at least 3 per user)")):
+        parser.add_argument(flag, type=_at_least(1), default=default,
+                            help=f"--source synthetic only: number of {what} (default: %(default)s)")
     parser.add_argument(
         "--min-interactions", metavar="K", type=_at_least(0), default=0,
         help="keep only the K-core: users and items with at least K interactions each, filtering "
@@ -590,6 +610,7 @@ def run_prepare(args: argparse.Namespace) -> dict:
         num_negatives=args.num_negatives, item_index=args.item_index,
         rows_per_shard=args.rows_per_shard, overwrite=args.overwrite, num_neighbors=args.neighbors,
         mf_dim=args.mf_dim, min_interactions=args.min_interactions,
+        synthetic_shape=(args.num_users, args.num_items, args.num_interactions),
     )
     print(format_summary(manifest, args.output, time.perf_counter() - started))
     return manifest

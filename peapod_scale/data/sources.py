@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from peapod_scale.data.errors import DataFormatError
 
-SOURCES = ("movielens", "p5", "amazon-reviews")
+SOURCES = ("movielens", "p5", "amazon-reviews", "synthetic")  # synthetic: generated in prepare
 
 P5_SEQUENCES = "sequential_data.txt"
 P5_DATAMAPS = "datamaps.json"
