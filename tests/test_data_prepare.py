@@ -305,3 +305,30 @@ def test_default_movielens_100k(tmp_path):
     assert manifest["counts"] == {"users": 943, "items": 1_682, "interactions": 100_000}
     rows = {name: split["rows"] for name, split in manifest["splits"].items()}
     assert rows == {"train": 100_000 - 3 * 943, "valid": 943, "test": 943, "sequences": 943}
+
+
+@pytest.mark.parametrize("exception", [KeyboardInterrupt, OSError])
+def test_interrupted_write_keeps_the_old_dataset_and_leaves_no_partial_one(tmp_path, monkeypatch, exception):
+    """A Ctrl-C or a full disk after some shards are written: no half-written folder anywhere, and
+    with --overwrite the previous complete dataset is still there, byte for byte."""
+    import peapod_scale.data.prepare as prepare_module
+
+    path = write_movielens(tmp_path, "u.data")
+    out = tmp_path / "out"
+    prepare_dataset("movielens", str(path), str(out), num_neighbors=0, **SMALL)
+    before = parquet_bytes(out)
+    real_write, written = prepare_module._write_parquet, []
+
+    def fail_on_fourth(table, target):
+        if len(written) == 3:
+            raise exception("interrupted mid-write")
+        written.append(target)
+        real_write(table, target)
+
+    monkeypatch.setattr(prepare_module, "_write_parquet", fail_on_fourth)
+    with pytest.raises(exception):
+        prepare_dataset("movielens", str(path), str(out), overwrite=True, num_neighbors=0,
+                        **{**SMALL, "max_history": 1})
+    assert len(written) == 3 and all(".tmp-" in str(p) for p in written)  # it did write, elsewhere
+    assert parquet_bytes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "u.data"]
