@@ -47,6 +47,8 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--num-beams", type=int, default=20, help="beams; 10 sequences are returned (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="seed that orders top-N candidates (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
+    parser.add_argument("--constrained", action="store_true",
+                        help="constrained decoding: generate only valid item ids (a prefix trie over their tokens)")
     parser.add_argument("--output", default=None, help="metrics JSON (default: CHECKPOINT/metrics_<split>.json)")
     args = parser.parse_args(argv)
 
@@ -62,7 +64,7 @@ def _evaluate(argv: list[str]) -> int:
     manifest = read_manifest(args.data)
     results = evaluate(model, codec, args.data, manifest, split=args.split,
                        tasks=[t for t in args.tasks.split(",") if t], batch_size=args.batch_size,
-                       num_beams=args.num_beams, seed=args.seed, limit=args.limit)
+                       num_beams=args.num_beams, seed=args.seed, limit=args.limit, constrained=args.constrained)
     output = Path(args.output) if args.output else (run_dir / f"metrics_{args.split}.json")
     write_json_atomic(output, results)
     print(format_table(results))

@@ -54,6 +54,8 @@ class TrainConfig:
     eval_batch_size: int = _opt(32, "users per generation batch")
     num_beams: int = _opt(20, "beams in evaluation beam search (10 returned)")
     eval_limit: Optional[int] = _opt(None, "evaluate only the first N users (quick checks)")
+    constrained_decoding: bool = _opt(False, "beam search may only spell valid items (all items for sequential, "
+                                             "the row's candidates for top-N): a prefix trie over their token ids")
     activation_checkpointing: bool = _opt(False, "recompute T5 block activations in the backward pass "
                                                  "(gradient checkpointing): less activation memory, ~1/3 more compute")
     local_rank: int = _opt(-1, "set by the deepspeed launcher; torchrun and srun use the environment instead")

@@ -19,6 +19,7 @@ from .data.batches import TaskBatcher, evaluation_candidates
 from .data.stream import read_rows, training_sequences
 from .data.templates import parse_item
 from .data.tokenizer import TextCodec
+from .model.constraints import AnswerConstraints
 
 TOP_K = 10
 EVAL_TASKS = ("sequential", "topn")
@@ -41,7 +42,7 @@ def _max_answer_tokens(codec: TextCodec, num_items: int) -> int:
 @torch.no_grad()
 def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *, batch_size: int,
                 num_beams: int, max_new_tokens: int, show_progress: bool, num_batches: int | None = None,
-                synced: bool = False) -> list[tuple[int, int | None]]:
+                synced: bool = False, constrained: bool = False) -> list[tuple[int, int | None]]:
     """(user, 0-based rank of the held-out item or None) for each row, by beam search.
 
     Under ZeRO-3 every forward is a collective: ``synced`` keeps ranks generating in lock-step, and
@@ -51,11 +52,14 @@ def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *,
     returned = min(TOP_K, num_beams)
     num_batches = math.ceil(len(rows) / batch_size) if num_batches is None else num_batches
     out = []
+    constraints = AnswerConstraints(batcher) if constrained else None  # beams spell only valid items
     for index in tqdm(range(num_batches), desc=f"eval {task}", disable=not show_progress, leave=False,
                       mininterval=progress_interval()):
         chunk = rows[index * batch_size : (index + 1) * batch_size]
-        batch = batcher(chunk or rows[:1] or [_PLACEHOLDER_ROW], task, with_labels=False)
+        used = chunk or rows[:1] or [_PLACEHOLDER_ROW]
+        batch = batcher(used, task, with_labels=False)
         generated = model.generate(**{k: v.to(device) for k, v in batch.items()}, num_beams=num_beams,
+                                   constraint=constraints.for_rows(used, task) if constraints else None,
                                    num_return_sequences=returned, max_new_tokens=max_new_tokens, do_sample=False,
                                    early_stopping=True, synced_gpus=synced)
         texts = batcher.codec.decode(generated.tolist())
@@ -74,7 +78,8 @@ def baseline_ranks(baseline, rows: Sequence[dict], task: str, seed: int) -> list
 
 def evaluate(model, codec: TextCodec, data_dir: str | Path, manifest: dict, *, split: str = "test",
              tasks: Sequence[str] = EVAL_TASKS, batch_size: int = 32, num_beams: int = 20, seed: int = 42,
-             limit: int | None = None, rank: int = 0, world_size: int = 1, synced: bool = False) -> dict:
+             limit: int | None = None, rank: int = 0, world_size: int = 1, synced: bool = False,
+             constrained: bool = False) -> dict:
     """Metrics for the model and both baselines; every rank returns the same dict."""
     unknown = set(tasks) - set(EVAL_TASKS)
     if unknown:
@@ -86,10 +91,10 @@ def evaluate(model, codec: TextCodec, data_dir: str | Path, manifest: dict, *, s
     baselines = {"popularity": Popularity(sequences), "transitions": Transitions(sequences)}
     was_training = model.training
     model.eval()
-    results: dict = {"split": split, "users": len(rows), "num_beams": num_beams, "constrained": False}
+    results: dict = {"split": split, "users": len(rows), "num_beams": num_beams, "constrained": constrained}
     for task in tasks:
         mine = model_ranks(model, batcher, rows[rank::world_size], task, batch_size=batch_size, num_beams=num_beams,
-                           max_new_tokens=max_new_tokens, show_progress=rank == 0, synced=synced,
+                           max_new_tokens=max_new_tokens, show_progress=rank == 0, synced=synced, constrained=constrained,
                            num_batches=math.ceil(math.ceil(len(rows) / world_size) / batch_size))
         ranks = [r for _, r in sorted(_gather(mine, world_size), key=lambda ur: ur[0])]
         results[task] = {"model": metrics.summarize(ranks)}

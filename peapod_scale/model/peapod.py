@@ -110,7 +110,12 @@ class PeaPOD(nn.Module):
         return self.t5(inputs_embeds=embeds, attention_mask=mask, labels=labels)
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, whole_word_ids, user_ids, task_ids, **generate_kwargs):
+    def generate(self, input_ids, attention_mask, whole_word_ids, user_ids, task_ids, constraint=None,
+                 **generate_kwargs):
+        """Beam search etc. from the prompt-extended encoder input; ``constraint`` (a ``prefix_allowed_tokens_fn``,
+        e.g. ``constraints.PrefixConstraint``) restricts the output to valid answers."""
+        if constraint is not None:
+            generate_kwargs["prefix_allowed_tokens_fn"] = constraint
         embeds, mask = self.encoder_inputs(input_ids, attention_mask, whole_word_ids, user_ids, task_ids)
         encoded = self.t5.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         return self.t5.generate(
