@@ -37,6 +37,8 @@ def _train(argv: list[str]) -> int:
 def _evaluate(argv: list[str]) -> int:
     from pathlib import Path
 
+    import torch
+
     parser = argparse.ArgumentParser(prog="peapod-scale evaluate",
                                      description="Evaluate a trained run (its model/ folder) by beam search on one split.")
     parser.add_argument("--checkpoint", required=True, help="run folder written by `train` (or its model/ folder)")
@@ -54,21 +56,29 @@ def _evaluate(argv: list[str]) -> int:
 
     from .data.stream import read_manifest
     from .data.tokenizer import TextCodec
+    from .distributed import setup_inference
     from .evaluation import evaluate, format_table, write_json_atomic
     from .model.peapod import PeaPOD
+
+    info = setup_inference()  # under a launcher: users sharded over the ranks, results gathered
 
     run_dir = Path(args.checkpoint)
     model_dir = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
     model = PeaPOD.from_pretrained(model_dir)
+    if torch.cuda.is_available():
+        model.to(f"cuda:{info.local_rank}")
     codec = TextCodec.from_file(model_dir / "tokenizer.json")
     manifest = read_manifest(args.data)
-    results = evaluate(model, codec, args.data, manifest, split=args.split,
+    results = evaluate(model, codec, args.data, manifest, split=args.split, rank=info.rank, world_size=info.world_size,
                        tasks=[t for t in args.tasks.split(",") if t], batch_size=args.batch_size,
                        num_beams=args.num_beams, seed=args.seed, limit=args.limit, constrained=args.constrained)
     output = Path(args.output) if args.output else (run_dir / f"metrics_{args.split}.json")
-    write_json_atomic(output, results)
-    print(format_table(results))
-    print(f"wrote {output}")
+    if info.is_main:
+        write_json_atomic(output, results)
+        print(format_table(results))
+        print(f"wrote {output}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -82,10 +92,67 @@ def _prepare(argv: list[str]) -> int:
     return 0
 
 
+def _estimate(argv: list[str]) -> int:
+    from .estimate import add_arguments, report
+
+    parser = argparse.ArgumentParser(prog="peapod-scale estimate",
+                                     description="Per-GPU memory of a training job (ZeRO model states, activations) "
+                                                 "and the DeepSpeed config to use; the model is counted on the meta device.")
+    add_arguments(parser)
+    print(report(parser.parse_args(argv)))
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    from .export import export
+
+    parser = argparse.ArgumentParser(prog="peapod-scale export",
+                                     description="Consolidate a run's ZeRO checkpoint (any stage) into a Hugging Face-format "
+                                                 "model folder that loads without DeepSpeed.")
+    parser.add_argument("--checkpoint", required=True, help="run folder written by `train` (holds checkpoints/ and model/)")
+    parser.add_argument("--output", required=True, help="folder to write (replaced atomically)")
+    parser.add_argument("--tag", default=None, help="checkpoint tag, e.g. step1000 (default: the latest)")
+    args = parser.parse_args(argv)
+    export(args.checkpoint, args.output, args.tag)
+    return 0
+
+
+def _recommend(argv: list[str]) -> int:
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="peapod-scale recommend",
+                                     description="Top-k next items for one user (original ids in and out).")
+    parser.add_argument("--model", required=True, help="model folder (a run's model/, or one written by `export`)")
+    parser.add_argument("--data", required=True, help="dataset folder written by `prepare` (holds the user's history)")
+    parser.add_argument("--user", required=True, help="the user's original id, as in the raw data")
+    parser.add_argument("-k", type=int, default=10, help="items to recommend (default: %(default)s)")
+    parser.add_argument("--num-beams", type=int, default=None, help="beams (default: max(20, 2k))")
+    parser.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
+    args = parser.parse_args(argv)
+
+    from .data.tokenizer import TextCodec
+    from .model.peapod import PeaPOD
+    from .recommend import recommend
+
+    model_dir = Path(args.model) / "model" if (Path(args.model) / "model").is_dir() else Path(args.model)
+    model = PeaPOD.from_pretrained(model_dir)
+    items, filled = recommend(model, TextCodec.from_file(model_dir / "tokenizer.json"), args.data, args.user, args.k,
+                              args.num_beams, args.include_seen)
+    for position, item in enumerate(items, 1):
+        print(f"{position}\t{item}")
+    if filled:
+        print(f"({filled} of {args.k} filled from the most popular items: the beams gave fewer valid unseen items)",
+              file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "prepare": (_prepare, "raw data -> validated Parquet dataset folder"),
     "train": (_train, "train with DeepSpeed, then evaluate on the test split"),
     "evaluate": (_evaluate, "beam-search evaluation of a trained run"),
+    "export": (_export, "ZeRO checkpoint -> consolidated Hugging Face-format model folder"),
+    "recommend": (_recommend, "top-k items for one user of a dataset"),
+    "estimate": (_estimate, "per-GPU memory of a ZeRO stage / offload setup, before running it"),
 }
 
 

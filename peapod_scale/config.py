@@ -56,6 +56,11 @@ class TrainConfig:
     eval_limit: Optional[int] = _opt(None, "evaluate only the first N users (quick checks)")
     constrained_decoding: bool = _opt(False, "beam search may only spell valid items (all items for sequential, "
                                              "the row's candidates for top-N): a prefix trie over their token ids")
+    eval_every: int = _opt(0, "validate every K optimizer steps on the valid split and keep the best checkpoint "
+                              "(0: no validation during training)")
+    val_limit: Optional[int] = _opt(None, "validate on the first N users only (speed)")
+    best_metric: str = _opt("sequential/NDCG@10", "TASK/METRIC that picks the best checkpoint (higher is better)")
+    patience: int = _opt(0, "stop after this many validations without improvement (0: never stop early)")
     activation_checkpointing: bool = _opt(False, "recompute T5 block activations in the backward pass "
                                                  "(gradient checkpointing): less activation memory, ~1/3 more compute")
     local_rank: int = _opt(-1, "set by the deepspeed launcher; torchrun and srun use the environment instead")

@@ -64,3 +64,23 @@ def progress_interval() -> float:
     import sys
 
     return 0.5 if sys.stderr.isatty() else 30.0
+
+
+def setup_inference() -> DistInfo:
+    """For commands without DeepSpeed (evaluate): join the launcher's process group if there is one.
+
+    Under torchrun / the deepspeed launcher / srun with more than one rank: a gloo (CPU) or NCCL group;
+    a plain process: rank 0 of 1 and no group.
+    """
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" not in env:
+        return DistInfo(0, 1, 0, 1)
+    info = discover()
+    if info.world_size > 1 and not torch.distributed.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(info.local_rank)
+        if "OMP_NUM_THREADS" not in env:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, info.local_world_size)))
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                             rank=info.rank, world_size=info.world_size)
+    return info

@@ -49,3 +49,20 @@ def peak_lr(config: dict) -> float:
 
 def zero_stage(config: dict) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def precision(config: dict) -> str:
+    """The resolved training precision: bf16 / fp16 mixed precision, or fp32."""
+    if config.get("bf16", {}).get("enabled"):
+        return "bf16"
+    if config.get("fp16", {}).get("enabled"):
+        return "fp16"
+    return "fp32"
+
+
+def offload(config: dict) -> str:
+    """What ZeRO moves to CPU/NVMe: '', 'optimizer', 'params' or 'optimizer+params'."""
+    zero = config.get("zero_optimization", {})
+    parts = [name for name, key in (("optimizer", "offload_optimizer"), ("params", "offload_param"))
+             if zero.get(key, {}).get("device", "none") != "none"]
+    return "+".join(parts)

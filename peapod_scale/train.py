@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(cfg)
     try:
         trainer.train()
+        trainer.restore_best()  # when --eval-every kept one
         trainer.save()
         trainer.evaluate()
     finally:

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shutil
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .data.batches import TaskBatcher
 from .data.stream import batch_stream, read_manifest
 from .data.tokenizer import load_codec
 from .evaluation import evaluate, format_table, write_json_atomic
+from .throughput import StepMeter, flop_counter, log_line
 from .model.build import build_model, optimizer_groups
 
 
@@ -32,6 +32,28 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
+
+
+@dataclasses.dataclass
+class BestTracker:
+    """The best validation value so far and how many validations since it improved (``--patience``)."""
+
+    patience: int
+    best: float = -math.inf
+    best_step: int | None = None
+    waited: int = 0
+
+    def update(self, value: float, step: int) -> bool:
+        """Record a validation; True when it is a new best (strictly higher), which resets the wait."""
+        if value > self.best:
+            self.best, self.best_step, self.waited = value, step, 0
+            return True
+        self.waited += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.waited >= self.patience
 
 
 class Trainer:
@@ -47,6 +69,8 @@ class Trainer:
         self.ds_config = ds_config.resolve(cfg.deepspeed, world_size=self.dist.world_size,
                                            micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr)
         model = build_model(cfg, self.manifest["counts"]["users"], self.codec.vocab_size)
+        if cfg.activation_checkpointing:  # non-reentrant: also right when the prompt-side inputs need no grad
+            model.t5.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer_steps = warmup_cosine(cfg.warmup_steps, cfg.max_steps)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, config=self.ds_config,
@@ -54,6 +78,10 @@ class Trainer:
                                               backbone_is_random=cfg.model is None),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, optimizer_steps),
         )
+        self.best_task, _, self.best_name = cfg.best_metric.partition("/")
+        if cfg.eval_every and self.best_task not in cfg.eval_task_list():
+            raise ValueError(f"--best-metric {cfg.best_metric}: task {self.best_task!r} is not in --eval-tasks {cfg.eval_tasks}")
+        self.tracker = BestTracker(cfg.patience)
         self.batcher = TaskBatcher(self.codec, self.manifest["counts"]["items"], cfg.topn_candidates, cfg.seed)
         self.writer = None
         if self.dist.is_main:
@@ -65,7 +93,12 @@ class Trainer:
                                                               "world_size": self.dist.world_size})
             self.log(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, ZeRO stage "
                      f"{ds_config.zero_stage(self.ds_config)}, {self.dist.world_size} rank(s), global batch "
-                     f"{self.ds_config['train_batch_size']}, bf16={self.ds_config['bf16']['enabled']}")
+                     f"{self.ds_config['train_batch_size']}, precision {ds_config.precision(self.ds_config)}, "
+                     f"offload {ds_config.offload(self.ds_config) or 'none'}, activation checkpointing "
+                     f"{'on' if cfg.activation_checkpointing else 'off'}")
+            if ds_config.offload(self.ds_config) and self.ds_config["optimizer"].get("params", {}).get("torch_adam"):
+                self.log("offloaded optimizer: torch AdamW steps on the CPU (no C++ build needed); on GPU machines "
+                         "remove \"torch_adam\" from the config to use DeepSpeedCPUAdam (faster, JIT-built once)")
 
     def log(self, message: str) -> None:
         if self.dist.is_main:
@@ -89,46 +122,85 @@ class Trainer:
         sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         progress = tqdm(total=cfg.max_steps, desc="train", disable=not self.dist.is_main, dynamic_ncols=True,
                         mininterval=progress_interval())
-        micro_step, window_start, window_samples = 0, time.perf_counter(), 0
+        module = engine.module
+        meter = StepMeter(flop_counter(module.t5))
+        micro_step = 0
         engine.train()
         while engine.global_steps < cfg.max_steps:
             task = tasks[engine.global_steps % len(tasks)]  # one task per optimizer step, the same on every rank
             batch = {k: v.to(device) for k, v in self.batcher(next(stream), task, micro_step).items()}
+            meter.phase("data")
             loss = engine(**batch).loss
+            meter.phase("forward")
             engine.backward(loss)
+            meter.phase("backward")
             engine.step()
+            meter.phase("optimizer")
+            meter.count(batch, module.config.prompt_tokens)
             micro_step += 1
             sums[task][0] += loss.item()
             sums[task][1] += 1
-            window_samples += batch["input_ids"].shape[0]
             if not engine.is_gradient_accumulation_boundary() and micro_step % engine.gradient_accumulation_steps():
                 continue
+            meter.steps += 1
             step = engine.global_steps
             progress.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 losses = self._reduce_task_losses(sums)
                 sums.clear()
-                elapsed = time.perf_counter() - window_start
-                samples_per_s = window_samples * self.dist.world_size / elapsed
-                window_start, window_samples = time.perf_counter(), 0
-                lr = self.scheduler.get_last_lr()[0]
-                progress.set_postfix(loss=f"{sum(losses.values()) / len(losses):.3f}", lr=f"{lr:.2e}")
-                self._scalars(step, losses, lr, samples_per_s)
-                self.log(f"step {step:>6} | " + " ".join(f"loss/{t} {v:.4f}" for t, v in losses.items())
-                         + f" | lr {lr:.2e} | {samples_per_s:.1f} samples/s")
+                scalars = {f"loss/{t}": v for t, v in losses.items()}
+                scalars["loss/total"] = sum(losses.values()) / len(losses)
+                scalars["lr"] = self.scheduler.get_last_lr()[0]
+                grad_norm = engine.get_global_grad_norm()
+                if grad_norm is not None:
+                    scalars["grad_norm"] = float(grad_norm)
+                scalars.update(meter.summary(self.dist.world_size))
+                progress.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.2e}")
+                self._scalars(step, scalars)
+                self.log(log_line(step, scalars))
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                stop = self.validate()
+                meter.skip()
+                if stop:
+                    self.log(f"early stop at step {step}: no better {cfg.best_metric} in {cfg.patience} validations "
+                             f"(best {self.tracker.best:.4f} at step {self.tracker.best_step})")
+                    break
         progress.close()
 
-    def _scalars(self, step: int, losses: dict[str, float], lr: float, samples_per_s: float) -> None:
+    def validate(self) -> bool:
+        """Evaluate the valid split, keep the checkpoint if it is the best so far; True: stop early."""
+        step = self.engine.global_steps
+        results = self._evaluate("valid", self.cfg.val_limit, tag_prefix="valid")
+        value = results[self.best_task]["model"][self.best_name]
+        if self.tracker.update(value, step):
+            tag = f"best-step{step}"
+            self.engine.save_checkpoint(str(self.run_dir / "checkpoints"), tag=tag, save_latest=False,
+                                        client_state={"rng": {"torch": torch.get_rng_state()}, "global_steps": step})
+            if self.dist.world_size > 1:
+                dist.barrier()
+            if self.dist.is_main:
+                write_json_atomic(self.run_dir / "best.json", {"tag": tag, "step": step, "metric": self.cfg.best_metric,
+                                                                "value": value})
+                for old in (self.run_dir / "checkpoints").glob("best-step*"):
+                    if old.name != tag:
+                        shutil.rmtree(old, ignore_errors=True)
+        self.log(f"valid {self.cfg.best_metric} {value:.4f} at step {step} (best {self.tracker.best:.4f} at step "
+                 f"{self.tracker.best_step})")
+        return self.tracker.should_stop
+
+    def restore_best(self) -> None:
+        """Load the best validated checkpoint (all ranks) so the final save and test evaluation use it."""
+        best = self.tracker.best_step
+        if best is None or best == self.engine.global_steps:
+            return
+        self.engine.load_checkpoint(str(self.run_dir / "checkpoints"), tag=f"best-step{best}")
+        self.log(f"restored the best checkpoint (step {best}, {self.cfg.best_metric} {self.tracker.best:.4f})")
+
+    def _scalars(self, step: int, scalars: dict[str, float]) -> None:
         if self.writer is None:
             return
-        for task, value in losses.items():
-            self.writer.add_scalar(f"loss/{task}", value, step)
-        self.writer.add_scalar("loss/total", sum(losses.values()) / len(losses), step)
-        self.writer.add_scalar("lr", lr, step)
-        grad_norm = self.engine.get_global_grad_norm()
-        if grad_norm is not None:
-            self.writer.add_scalar("grad_norm", float(grad_norm), step)
-        self.writer.add_scalar("throughput/samples_per_s", samples_per_s, step)
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
         self.writer.flush()
 
     def save(self) -> None:
@@ -153,19 +225,25 @@ class Trainer:
             dist.barrier()
 
     def evaluate(self) -> dict | None:
-        cfg = self.cfg
-        if cfg.eval_split == "none":
+        """The final evaluation on --eval-split (after ``restore_best``: of the best model)."""
+        if self.cfg.eval_split == "none":
             return None
-        results = evaluate(self.engine.module, self.codec, cfg.data, self.manifest, split=cfg.eval_split,
+        return self._evaluate(self.cfg.eval_split, self.cfg.eval_limit, tag_prefix="eval", write=True)
+
+    def _evaluate(self, split: str, limit: int | None, tag_prefix: str, write: bool = False) -> dict:
+        cfg = self.cfg
+        results = evaluate(self.engine.module, self.codec, cfg.data, self.manifest, split=split,
                            tasks=cfg.eval_task_list(), batch_size=cfg.eval_batch_size, num_beams=cfg.num_beams,
-                           seed=cfg.seed, limit=cfg.eval_limit, rank=self.dist.rank, world_size=self.dist.world_size,
+                           seed=cfg.seed, limit=limit, rank=self.dist.rank, world_size=self.dist.world_size,
                            synced=self.dist.world_size > 1 and ds_config.zero_stage(self.ds_config) == 3)
+        results["step"] = self.engine.global_steps
         if self.dist.is_main:
-            write_json_atomic(self.run_dir / f"metrics_{cfg.eval_split}.json", results)
-            self.log(format_table(results))
+            if write:
+                write_json_atomic(self.run_dir / f"metrics_{split}.json", results)
+                self.log(format_table(results))
             for task in cfg.eval_task_list():
                 for name, value in results[task]["model"].items():
-                    self.writer.add_scalar(f"eval/{task}/{name}", value, self.engine.global_steps)
+                    self.writer.add_scalar(f"{tag_prefix}/{task}/{name}", value, self.engine.global_steps)
             self.writer.flush()
         return results
 

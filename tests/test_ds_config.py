@@ -4,7 +4,7 @@ import pytest
 
 from peapod_scale import ds_config
 
-REPO_CONFIGS = ["ds_configs/z1.json", "ds_configs/z2.json", "ds_configs/z3.json"]
+REPO_CONFIGS = ["ds_configs/z1.json", "ds_configs/z2.json", "ds_configs/z3.json", "ds_configs/z3_offload.json"]
 
 
 @pytest.mark.parametrize("path", REPO_CONFIGS)
@@ -37,3 +37,13 @@ def test_auto_values_and_broken_json_name_the_file(tmp_path):
     broken.write_text('{\n  "stage": 2,\n  oops\n}')
     with pytest.raises(ValueError, match=r"broken.json:3"):
         ds_config.resolve(broken, world_size=1, micro_batch_size=None, grad_accum=None, lr=None)
+
+
+def test_precision_and_offload_are_reported():
+    offload = ds_config.resolve("ds_configs/z3_offload.json", world_size=2, micro_batch_size=None, grad_accum=None, lr=None)
+    assert ds_config.offload(offload) == "optimizer+params" and ds_config.zero_stage(offload) == 3
+    assert ds_config.offload(ds_config.resolve("ds_configs/z2.json", world_size=2, micro_batch_size=None,
+                                               grad_accum=None, lr=None)) == ""
+    assert ds_config.precision(offload) == "fp32"  # no CUDA here
+    assert ds_config.precision({"bf16": {"enabled": True}}) == "bf16"
+    assert ds_config.precision({"fp16": {"enabled": True}}) == "fp16"
