@@ -235,7 +235,8 @@ class Trainer:
         results = evaluate(self.engine.module, self.codec, cfg.data, self.manifest, split=split,
                            tasks=cfg.eval_task_list(), batch_size=cfg.eval_batch_size, num_beams=cfg.num_beams,
                            seed=cfg.seed, limit=limit, rank=self.dist.rank, world_size=self.dist.world_size,
-                           synced=self.dist.world_size > 1 and ds_config.zero_stage(self.ds_config) == 3)
+                           synced=self.dist.world_size > 1 and ds_config.zero_stage(self.ds_config) == 3,
+                           constrained=cfg.constrained_decoding)
         results["step"] = self.engine.global_steps
         if self.dist.is_main:
             if write:
