@@ -6,6 +6,7 @@ out of the test process).
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -32,9 +33,15 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:  # a fixed port collides with other jobs on a shared machine
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_zero3_build_partitions_every_parameter_and_keeps_prompt_init(tmp_path):
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29731", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+           "MASTER_PORT": str(_free_port()), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
