@@ -18,7 +18,7 @@ from peapod_scale.data.templates import TASKS
 
 from .presets import new_backbone, preset_config, untie_lm_head
 from .user_prompt import NeighborUserPrompt, PoolUserPrompt
-from .zero import is_partitioned, writable
+from .zero import gathered, writable
 
 CONFIG_FILE = "peapod_config.json"
 PROMPT_WEIGHTS_FILE = "peapod_prompts.safetensors"
@@ -55,13 +55,15 @@ class PeaPODConfig:
 def _token_embedding_std(backbone: T5ForConditionalGeneration) -> float:
     """Scale for the new prompt parameters: the token embeddings' std.
 
-    Read from the weights when they are here; a ZeRO-3 partitioned (or meta) weight holds no values on
-    this rank, so then use the std T5 initialises its embeddings with (the initializer factor).
+    A ZeRO-3 partitioned weight is gathered for the read (every rank takes part), so the prompts start
+    the same with and without ZeRO-3; a meta weight holds no values: then use the std T5 initialises
+    its embeddings with (the initializer factor).
     """
     weight = backbone.get_input_embeddings().weight
-    if weight.is_meta or is_partitioned(weight) or weight.numel() < 2:
+    if weight.is_meta:
         return float(backbone.config.initializer_factor)
-    return float(weight.detach().float().std())
+    with gathered(weight):
+        return float(weight.detach().float().std())
 
 
 class PeaPOD(nn.Module):

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 
+from .zero import initialize_weights
+
 # d_model, d_ff, d_kv, num_heads, num_layers (encoder = decoder), feed_forward_proj, tied lm_head
 _DIMENSIONS = {
     "tiny": (64, 128, 16, 4, 2, "relu", True),
@@ -96,4 +98,10 @@ def untie_lm_head(model: T5ForConditionalGeneration, keep_values: bool = False) 
 
 def new_backbone(config: T5Config) -> T5ForConditionalGeneration:
     """A randomly initialised backbone with the released tying (works on the meta device and under zero.Init)."""
-    return untie_lm_head(T5ForConditionalGeneration(config))
+    # zero.Init's construction draws from the RNG differently from a plain one, so the weights come from
+    # a second init pass started from a seed drawn before construction: identical with or without ZeRO-3.
+    seed = int(torch.randint(0, 2**62, (), device="cpu"))
+    backbone = T5ForConditionalGeneration(config)
+    torch.manual_seed(seed)
+    initialize_weights(backbone)
+    return untie_lm_head(backbone)
