@@ -44,7 +44,7 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", required=True, help="run folder written by `train` (or its model/ folder)")
     parser.add_argument("--data", required=True, help="dataset folder written by `prepare`")
     parser.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate (default: %(default)s)")
-    parser.add_argument("--tasks", default="sequential,topn", help="comma-separated tasks (default: %(default)s)")
+    parser.add_argument("--tasks", default="sequential,topn", help="comma-separated tasks: sequential, topn, explanation (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="users per generation batch (default: %(default)s)")
     parser.add_argument("--num-beams", type=int, default=20, help="beams; 10 sequences are returned (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="seed that orders top-N candidates (default: %(default)s)")

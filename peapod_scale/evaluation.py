@@ -1,4 +1,10 @@
-"""Leave-one-out evaluation by beam search, users sharded over ranks, baselines on the same split."""
+"""Leave-one-out evaluation by beam search, users sharded over ranks, baselines on the same split.
+
+Ranking tasks (sequential, top-N) report HR/NDCG for the model and both baselines, plus the share of
+the model's returned answers that are not valid items (not a number, not an item, or for top-N not one
+of the candidates): constrained decoding must bring it to 0. The explanation task generates one text
+per row whose target has an explanation and reports BLEU-1/4 and ROUGE-1/2/L against it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import metrics
+from . import metrics, text_metrics
 from .distributed import progress_interval
 from .baselines import Popularity, Transitions
 from .data.batches import TaskBatcher, evaluation_candidates
@@ -22,8 +28,10 @@ from .data.tokenizer import TextCodec
 from .model.constraints import AnswerConstraints
 
 TOP_K = 10
-EVAL_TASKS = ("sequential", "topn")
-_PLACEHOLDER_ROW = {"user": 1, "history": [1], "target": 1, "negatives": [1]}  # keeps an empty rank in lock-step
+RANKING_TASKS = ("sequential", "topn")
+EVAL_TASKS = RANKING_TASKS + ("explanation",)
+EXPLANATION_MAX_TOKENS = 48
+_PLACEHOLDER_ROW = {"user": 1, "history": [1], "target": 1, "negatives": [1], "explanation": ""}  # keeps an empty rank in lock-step
 
 
 def _gather(objects: list, world_size: int) -> list:
@@ -39,11 +47,26 @@ def _max_answer_tokens(codec: TextCodec, num_items: int) -> int:
     return int(lengths.max())
 
 
+def _generation_batches(rows: Sequence[dict], batch_size: int, num_batches: int, task: str, show_progress: bool):
+    """(real rows, rows to run) per batch; past the end of this rank's shard a placeholder batch keeps
+    ZeRO-3 ranks in lock-step (every forward is a collective there)."""
+    for index in tqdm(range(num_batches), desc=f"eval {task}", disable=not show_progress, leave=False,
+                      mininterval=progress_interval()):
+        chunk = list(rows[index * batch_size : (index + 1) * batch_size])
+        yield chunk, chunk or list(rows[:1]) or [_PLACEHOLDER_ROW]
+
+
+def _is_valid_answer(item: int | None, row: dict, task: str, num_items: int) -> bool:
+    if item is None or not 1 <= item <= num_items:
+        return False
+    return task != "topn" or item == row["target"] or item in row["negatives"]
+
+
 @torch.no_grad()
 def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *, batch_size: int,
                 num_beams: int, max_new_tokens: int, show_progress: bool, num_batches: int | None = None,
-                synced: bool = False, constrained: bool = False) -> list[tuple[int, int | None]]:
-    """(user, 0-based rank of the held-out item or None) for each row, by beam search.
+                synced: bool = False, constrained: bool = False) -> list[tuple[int, int | None, int]]:
+    """(user, 0-based rank of the held-out item or None, invalid answers returned) per row, by beam search.
 
     Under ZeRO-3 every forward is a collective: ``synced`` keeps ranks generating in lock-step, and
     ``num_batches`` makes a rank whose shard ran out run throw-away batches until the others finish.
@@ -53,10 +76,7 @@ def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *,
     num_batches = math.ceil(len(rows) / batch_size) if num_batches is None else num_batches
     out = []
     constraints = AnswerConstraints(batcher) if constrained else None  # beams spell only valid items
-    for index in tqdm(range(num_batches), desc=f"eval {task}", disable=not show_progress, leave=False,
-                      mininterval=progress_interval()):
-        chunk = rows[index * batch_size : (index + 1) * batch_size]
-        used = chunk or rows[:1] or [_PLACEHOLDER_ROW]
+    for chunk, used in _generation_batches(rows, batch_size, num_batches, task, show_progress):
         batch = batcher(used, task, with_labels=False)
         generated = model.generate(**{k: v.to(device) for k, v in batch.items()}, num_beams=num_beams,
                                    constraint=constraints.for_rows(used, task) if constraints else None,
@@ -65,7 +85,24 @@ def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *,
         texts = batcher.codec.decode(generated.tolist())
         for i, row in enumerate(chunk):
             ranked = [parse_item(t) for t in texts[i * returned : (i + 1) * returned]]
-            out.append((row["user"], metrics.hit_rank(ranked, row["target"])))
+            invalid = sum(not _is_valid_answer(item, row, task, batcher.num_items) for item in ranked)
+            out.append((row["user"], metrics.hit_rank(ranked, row["target"]), invalid))
+    return out
+
+
+@torch.no_grad()
+def model_explanations(model, batcher: TaskBatcher, rows: Sequence[dict], *, batch_size: int, num_beams: int,
+                       show_progress: bool, num_batches: int | None = None, synced: bool = False) -> list[tuple[int, str]]:
+    """(user, generated explanation) per row: one beam-search text for the row's target item."""
+    device = next(model.parameters()).device
+    num_batches = math.ceil(len(rows) / batch_size) if num_batches is None else num_batches
+    out = []
+    for chunk, used in _generation_batches(rows, batch_size, num_batches, "explanation", show_progress):
+        batch = batcher(used, "explanation", with_labels=False)
+        generated = model.generate(**{k: v.to(device) for k, v in batch.items()}, num_beams=num_beams,
+                                   max_new_tokens=EXPLANATION_MAX_TOKENS, do_sample=False, synced_gpus=synced)
+        texts = batcher.codec.decode(generated.tolist())
+        out.extend((row["user"], text.strip()) for row, text in zip(chunk, texts))
     return out
 
 
@@ -76,42 +113,80 @@ def baseline_ranks(baseline, rows: Sequence[dict], task: str, seed: int) -> list
             for r in rows]
 
 
+def explanation_rows(rows: Sequence[dict], data_dir: str | Path, split: str) -> list[dict]:
+    """The rows whose target interaction has an explanation; an error when the data has none."""
+    if rows and "explanation" not in rows[0]:
+        raise ValueError(f"{data_dir}: the {split} split has no explanation column; the explanation task needs a "
+                         "source with review text (prepare --source amazon-reviews, or p5 with exp_splits.pkl)")
+    return [r for r in rows if r["explanation"]]
+
+
 def evaluate(model, codec: TextCodec, data_dir: str | Path, manifest: dict, *, split: str = "test",
-             tasks: Sequence[str] = EVAL_TASKS, batch_size: int = 32, num_beams: int = 20, seed: int = 42,
+             tasks: Sequence[str] = RANKING_TASKS, batch_size: int = 32, num_beams: int = 20, seed: int = 42,
              limit: int | None = None, rank: int = 0, world_size: int = 1, synced: bool = False,
              constrained: bool = False) -> dict:
-    """Metrics for the model and both baselines; every rank returns the same dict."""
+    """Metrics for the model (and both baselines on ranking tasks); every rank returns the same dict."""
     unknown = set(tasks) - set(EVAL_TASKS)
     if unknown:
-        raise ValueError(f"cannot evaluate {sorted(unknown)}: this data has tasks {', '.join(EVAL_TASKS)}")
+        raise ValueError(f"cannot evaluate {sorted(unknown)}: the tasks are {', '.join(EVAL_TASKS)}")
     rows = read_rows(data_dir, manifest, split)[:limit]
     batcher = TaskBatcher(codec, manifest["counts"]["items"], seed=seed)
-    max_new_tokens = _max_answer_tokens(codec, manifest["counts"]["items"])
-    sequences = list(training_sequences(data_dir, manifest))
-    baselines = {"popularity": Popularity(sequences), "transitions": Transitions(sequences)}
     was_training = model.training
     model.eval()
     results: dict = {"split": split, "users": len(rows), "num_beams": num_beams, "constrained": constrained}
-    for task in tasks:
+    ranking = [t for t in tasks if t in RANKING_TASKS]
+    if ranking:
+        max_new_tokens = _max_answer_tokens(codec, manifest["counts"]["items"])
+        sequences = list(training_sequences(data_dir, manifest))
+        baselines = {"popularity": Popularity(sequences), "transitions": Transitions(sequences)}
+        results["invalid_answers"] = {}
+    for task in ranking:
         mine = model_ranks(model, batcher, rows[rank::world_size], task, batch_size=batch_size, num_beams=num_beams,
                            max_new_tokens=max_new_tokens, show_progress=rank == 0, synced=synced, constrained=constrained,
-                           num_batches=math.ceil(math.ceil(len(rows) / world_size) / batch_size))
-        ranks = [r for _, r in sorted(_gather(mine, world_size), key=lambda ur: ur[0])]
-        results[task] = {"model": metrics.summarize(ranks)}
+                           num_batches=_batches_per_rank(len(rows), world_size, batch_size))
+        gathered = sorted(_gather(mine, world_size), key=lambda entry: entry[0])
+        results[task] = {"model": metrics.summarize([r for _, r, _ in gathered])}
         for name, baseline in baselines.items():
             results[task][name] = metrics.summarize(baseline_ranks(baseline, rows, task, seed))
+        returned = len(gathered) * min(TOP_K, num_beams)
+        results["invalid_answers"][task] = sum(n for _, _, n in gathered) / max(returned, 1)
+    if "explanation" in tasks:
+        explained = explanation_rows(rows, data_dir, split)
+        mine = model_explanations(model, batcher, explained[rank::world_size], batch_size=batch_size,
+                                  num_beams=num_beams, show_progress=rank == 0, synced=synced,
+                                  num_batches=_batches_per_rank(len(explained), world_size, batch_size))
+        texts = dict(_gather(mine, world_size))
+        hypotheses = [texts[r["user"]] for r in explained]
+        results["explanation"] = {"model": text_metrics.explanation_metrics([r["explanation"] for r in explained],
+                                                                            hypotheses) if explained else {}}
+        results["explanation_rows"] = len(explained)
     model.train(was_training)
     return results
 
 
+def _batches_per_rank(rows: int, world_size: int, batch_size: int) -> int:
+    return math.ceil(math.ceil(rows / world_size) / batch_size)
+
+
 def format_table(results: dict) -> str:
-    names = list(metrics.summarize([0]))
     lines = [f"{results['split']} split, {results['users']} users, beam {results['num_beams']}, "
              f"{'constrained' if results['constrained'] else 'unconstrained'} decoding"]
-    lines.append(f"{'task':<11} {'method':<12} " + " ".join(f"{n:>8}" for n in names))
+    header = None
     for task in EVAL_TASKS:
-        for method, values in results.get(task, {}).items():
+        if task not in results or not results[task]["model"]:
+            continue
+        names = list(results[task]["model"])
+        if names != header:  # ranking tasks share one header; explanation has its own metrics
+            header = names
+            lines.append(f"{'task':<11} {'method':<12} " + " ".join(f"{n:>8}" for n in names))
+        for method, values in results[task].items():
             lines.append(f"{task:<11} {method:<12} " + " ".join(f"{values[n]:>8.4f}" for n in names))
+    invalid = results.get("invalid_answers", {})
+    if invalid:
+        lines.append("model answers that are not valid items: "
+                     + ", ".join(f"{task} {share:.1%}" for task, share in invalid.items()))
+    if "explanation_rows" in results:
+        lines.append(f"explanation: {results['explanation_rows']} rows with a reference text")
     return "\n".join(lines)
 
 

@@ -71,9 +71,11 @@ def test_constrained_answers_are_always_valid_and_unconstrained_ones_are_not(set
     assert strays > 0  # the random model does produce non-items when nothing constrains it
 
 
-def test_evaluate_reports_constrained_decoding(setup):
+def test_evaluate_reports_constrained_decoding_and_its_invalid_answers(setup):
     data, manifest, codec, model = setup
     results = evaluate(model, codec, data, manifest, split="valid", batch_size=5, num_beams=4, constrained=True)
     assert results["constrained"] is True and results["sequential"]["model"]
-    assert evaluate(model, codec, data, manifest, split="valid", batch_size=5, num_beams=4,
-                    tasks=["topn"])["constrained"] is False
+    assert results["invalid_answers"] == {"sequential": 0.0, "topn": 0.0}
+    free = evaluate(model, codec, data, manifest, split="valid", batch_size=5, num_beams=4, tasks=["topn"])
+    assert free["constrained"] is False
+    assert 0.0 < free["invalid_answers"]["topn"] <= 1.0  # the random model strays without the trie
