@@ -30,6 +30,12 @@ class TrainConfig:
     dropout: float = _opt(0.1, "dropout rate of a preset backbone")
     seed: int = _opt(42, "seed for weights, shuffling and sampled candidates")
     tasks: str = _opt("sequential,topn", "comma-separated tasks; batches alternate between them")
+    task_weights: Optional[str] = _opt(None, "TASK=WEIGHT,... e.g. sequential=1,topn=1,explanation=0.5: each optimizer "
+                                             "step trains one task, drawn in these proportions, the same on every "
+                                             "rank; chooses the tasks itself (default: equal weights over --tasks)")
+    resume: Optional[str] = _opt(None, "continue a run from its checkpoint: a checkpoints folder (its latest tag), a "
+                                       "run folder, or one tag folder; restores weights, optimizer, scheduler, data "
+                                       "stream position and RNG, so the loss curve continues exactly")
     topn_candidates: int = _opt(20, "candidates in a top-N training prompt (1 positive + sampled negatives)")
     train: str = _opt("all", "what learns: all parameters, or prompts (frozen backbone; task prompts, whole-word "
                              "embedding and the user prompt module only)", choices=["all", "prompts"])

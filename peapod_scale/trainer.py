@@ -18,7 +18,8 @@ from . import distributed, ds_config
 from .distributed import progress_interval
 from .config import TrainConfig
 from .data.batches import TaskBatcher
-from .data.stream import batch_stream, read_manifest
+from .data.stream import read_manifest, task_stream
+from .data.tasks import parse_task_weights
 from .data.tokenizer import load_codec
 from .evaluation import evaluate, format_table, write_json_atomic
 from .throughput import StepMeter, flop_counter, log_line
@@ -65,6 +66,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.run_dir = Path(cfg.output)
         self.manifest = read_manifest(cfg.data)
+        default_tasks = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "tasks")
+        self.task_weights = parse_task_weights(cfg.tasks, cfg.task_weights, self.manifest["tasks"], data=cfg.data,
+                                               tasks_is_default=cfg.tasks == default_tasks)
+        self.cfg = cfg = dataclasses.replace(cfg, tasks=",".join(self.task_weights))  # losses are logged per trained task
+        self.stream = None  # the training stream, once train() made it; its position goes into every checkpoint
         self.codec = load_codec(cfg.data, cfg.model)
         self.ds_config = ds_config.resolve(cfg.deepspeed, world_size=self.dist.world_size,
                                            micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr)
@@ -115,20 +121,23 @@ class Trainer:
 
     def train(self) -> None:
         cfg, engine = self.cfg, self.engine
-        tasks = cfg.task_list()
-        stream = batch_stream(cfg.data, self.manifest, engine.train_micro_batch_size_per_gpu(), self.dist.rank,
-                              self.dist.world_size, cfg.seed, cfg.shuffle_buffer, cfg.num_workers)
+        self.stream = task_stream(cfg.data, self.manifest, self.task_weights, self.batcher,
+                                  engine.train_micro_batch_size_per_gpu(), self.dist.rank, self.dist.world_size,
+                                  cfg.seed, cfg.shuffle_buffer, cfg.num_workers, engine.gradient_accumulation_steps())
+        if cfg.resume:
+            self._resume(cfg.resume)
+        batches = iter(self.stream)
         device = engine.device
         sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        progress = tqdm(total=cfg.max_steps, desc="train", disable=not self.dist.is_main, dynamic_ncols=True,
-                        mininterval=progress_interval())
+        progress = tqdm(total=cfg.max_steps, initial=engine.global_steps, desc="train", disable=not self.dist.is_main,
+                        dynamic_ncols=True, mininterval=progress_interval())
         module = engine.module
         meter = StepMeter(flop_counter(module.t5))
         micro_step = 0
         engine.train()
         while engine.global_steps < cfg.max_steps:
-            task = tasks[engine.global_steps % len(tasks)]  # one task per optimizer step, the same on every rank
-            batch = {k: v.to(device) for k, v in self.batcher(next(stream), task, micro_step).items()}
+            task, batch = next(batches)  # one task per optimizer step, the same on every rank (data/tasks.py)
+            batch = {k: v.to(device) for k, v in batch.items()}
             meter.phase("data")
             loss = engine(**batch).loss
             meter.phase("forward")
@@ -140,7 +149,7 @@ class Trainer:
             micro_step += 1
             sums[task][0] += loss.item()
             sums[task][1] += 1
-            if not engine.is_gradient_accumulation_boundary() and micro_step % engine.gradient_accumulation_steps():
+            if micro_step % engine.gradient_accumulation_steps():  # (the engine's boundary flag already looks ahead)
                 continue
             meter.steps += 1
             step = engine.global_steps
@@ -165,7 +174,40 @@ class Trainer:
                     self.log(f"early stop at step {step}: no better {cfg.best_metric} in {cfg.patience} validations "
                              f"(best {self.tracker.best:.4f} at step {self.tracker.best_step})")
                     break
+        batches.close()  # stops the loader workers
         progress.close()
+
+    def _resume(self, path: str) -> None:
+        """Load ``--resume`` (checkpoints folder, run folder or tag folder): engine, scheduler, stream, RNG."""
+        where = Path(path)
+        if (where / "latest").is_file():
+            load_dir, tag = where, None
+        elif (where / "checkpoints" / "latest").is_file():
+            load_dir, tag = where / "checkpoints", None
+        elif where.is_dir() and any(where.glob("*model_states.pt")):
+            load_dir, tag = where.parent, where.name
+        else:
+            raise ValueError(f"--resume {path}: not a checkpoints folder (with a 'latest' file), a run folder or a "
+                             "checkpoint tag folder; point it at RUN/checkpoints or RUN/checkpoints/stepN")
+        loaded, client_state = self.engine.load_checkpoint(str(load_dir), tag=tag)
+        if loaded is None:
+            raise ValueError(f"--resume {path}: DeepSpeed could not load a checkpoint from {load_dir}")
+        if client_state.get("stream") is None:
+            self.log(f"--resume {path}: the checkpoint has no data stream position; the stream starts from the beginning")
+        else:
+            self.stream.load_state_dict(client_state["stream"])
+        torch.set_rng_state(client_state["rng"]["torch"])
+        if torch.cuda.is_available() and "cuda" in client_state["rng"]:
+            torch.cuda.set_rng_state_all(client_state["rng"]["cuda"])
+        self.log(f"resumed from {loaded} at step {self.engine.global_steps}")
+
+    def _client_state(self) -> dict:
+        """What a checkpoint holds beside DeepSpeed's own state (the stream position is the same on every rank)."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        stream = self.stream.state_dict() if self.stream is not None else None
+        return {"rng": rng, "global_steps": self.engine.global_steps, "stream": stream}
 
     def validate(self) -> bool:
         """Evaluate the valid split, keep the checkpoint if it is the best so far; True: stop early."""
@@ -175,7 +217,7 @@ class Trainer:
         if self.tracker.update(value, step):
             tag = f"best-step{step}"
             self.engine.save_checkpoint(str(self.run_dir / "checkpoints"), tag=tag, save_latest=False,
-                                        client_state={"rng": {"torch": torch.get_rng_state()}, "global_steps": step})
+                                        client_state=self._client_state())
             if self.dist.world_size > 1:
                 dist.barrier()
             if self.dist.is_main:
@@ -205,9 +247,8 @@ class Trainer:
 
     def save(self) -> None:
         """A DeepSpeed checkpoint to resume from, and a consolidated model folder to evaluate and serve."""
-        rng = {"torch": torch.get_rng_state()}
         self.engine.save_checkpoint(str(self.run_dir / "checkpoints"), tag=f"step{self.engine.global_steps}",
-                                    client_state={"rng": rng, "global_steps": self.engine.global_steps})
+                                    client_state=self._client_state())
         module = self.engine.module
         if ds_config.zero_stage(self.ds_config) == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()  # a collective: every rank calls it

@@ -332,3 +332,21 @@ def test_interrupted_write_keeps_the_old_dataset_and_leaves_no_partial_one(tmp_p
     assert len(written) == 3 and all(".tmp-" in str(p) for p in written)  # it did write, elsewhere
     assert parquet_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "u.data"]
+
+
+def test_train_explanation_holds_exactly_the_train_rows_with_text_deterministically(tmp_path):
+    reviews = [{"reviewerID": f"U{u}", "asin": f"a{(u * 5 + k) % 9}", "unixReviewTime": 100 + k,
+                "reviewText": "" if (u * k) % 4 == 1 else f"Item {k} works well for me.", "summary": ""}
+               for u in range(8) for k in range(7)]
+    path = tmp_path / "reviews.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in reviews))
+    first = prepare_dataset("amazon-reviews", str(path), str(tmp_path / "a"), num_negatives=2, rows_per_shard=3,
+                            num_neighbors=0)
+    second = prepare_dataset("amazon-reviews", str(path), str(tmp_path / "b"), num_negatives=2, rows_per_shard=3,
+                             num_neighbors=0)
+    assert parquet_bytes(tmp_path / "a") == parquet_bytes(tmp_path / "b")
+    train = read_split(tmp_path / "a", first, "train")
+    with_text = read_split(tmp_path / "a", first, "train_explanation")
+    expected = [{"user": r["user"], "target": r["target"], "explanation": r["explanation"]} for r in train if r["explanation"]]
+    assert with_text == expected and 0 < len(expected) < len(train)
+    assert first["splits"]["train_explanation"]["rows"] == first["task_rows"]["train"]["explanation"] == len(expected)

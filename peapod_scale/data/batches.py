@@ -3,17 +3,63 @@
 POD trains on task-alternated batches: every batch holds a single task, so the task prompt and the
 loss per task are clean. Top-N training candidates are the target plus sampled items the user has not
 touched in its visible history, drawn from a generator seeded per step so every run is repeatable.
+
+Training batches arrive as columns (lists per field, straight from Arrow) and run in the loader
+workers, so the per-row Python work is kept to the template f-strings: negatives are drawn for the
+whole batch at once and the tokenizer is called once per batch (``TextCodec.encode``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from itertools import chain
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import templates
 from .tokenizer import TextCodec
+
+Columns = Mapping[str, Sequence]
+
+
+def as_columns(rows: Sequence[dict]) -> dict[str, list]:
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
+def _padded(lists: Sequence[Sequence[int]], extra: Sequence[int]) -> np.ndarray:
+    """[B, longest + 1] matrix of each list followed by its ``extra`` item, right-padded with 0 (no item)."""
+    lengths = np.fromiter((len(x) + 1 for x in lists), dtype=np.int64, count=len(lists))
+    values = np.fromiter(chain.from_iterable(chain(x, (e,)) for x, e in zip(lists, extra)), dtype=np.int64,
+                         count=int(lengths.sum()))
+    out = np.zeros((len(lists), int(lengths.max(initial=1))), dtype=np.int64)
+    row = np.repeat(np.arange(len(lists)), lengths)
+    out[row, np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = values
+    return out
+
+
+def sample_negatives(seen: np.ndarray, num_items: int, count: int, rng: np.random.Generator) -> list[list[int]]:
+    """Per row, up to ``count`` distinct items in 1..num_items outside the row of ``seen`` (0 = padding).
+
+    One vectorised draw of 2·count + 8 items per row, rejecting seen items and repeats; a row that
+    keeps fewer than ``count`` (a user who saw most items) falls back to drawing one item at a time.
+    """
+    rows, draws = len(seen), 2 * count + 8
+    drawn = rng.integers(1, num_items + 1, size=(rows, draws))
+    bad = (drawn[:, :, None] == seen[:, None, :]).any(2)
+    bad |= ((drawn[:, :, None] == drawn[:, None, :]) & np.tri(draws, k=-1, dtype=bool)).any(2)  # repeats
+    first_good = np.argsort(bad, axis=1, kind="stable")[:, :count]
+    enough = (~bad).sum(1) >= count
+    out = [drawn[i, first_good[i]].tolist() for i in range(rows)] if count else [[] for _ in range(rows)]
+    for i in np.flatnonzero(~enough):
+        blocked = set(seen[i].tolist()) - {0}
+        wanted, out[i] = min(count, num_items - len(blocked)), []
+        while len(out[i]) < wanted:
+            item = int(rng.integers(1, num_items + 1))
+            if item not in blocked:
+                blocked.add(item)
+                out[i].append(item)
+    return out
 
 
 class TaskBatcher:
@@ -22,41 +68,49 @@ class TaskBatcher:
         self.codec, self.num_items, self.topn_candidates = codec, num_items, topn_candidates
         self.seed, self.max_source_length = seed, max_source_length
 
-    def _sample_candidates(self, row: dict, rng: np.random.Generator) -> list[int]:
-        seen = set(row["history"]) | {row["target"]}
-        negatives: list[int] = []
-        wanted = min(self.topn_candidates - 1, self.num_items - len(seen))
-        while len(negatives) < wanted:
-            item = int(rng.integers(1, self.num_items + 1))
-            if item not in seen:
-                seen.add(item)
-                negatives.append(item)
-        candidates = negatives + [row["target"]]
-        rng.shuffle(candidates)
-        return candidates
+    def _training_candidates(self, columns: Columns, step: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, step])
+        targets = columns["target"]
+        seen = _padded(columns["history"], targets)
+        lists = [negatives + [int(t)] for negatives, t in
+                 zip(sample_negatives(seen, self.num_items, self.topn_candidates - 1, rng), targets)]
+        if len({len(c) for c in lists}) == 1:  # the usual case: one shuffle of a [B, K] matrix
+            return rng.permuted(np.array(lists, dtype=np.int64), axis=1).tolist()
+        return [rng.permutation(c).tolist() for c in lists]
 
-    def sources(self, rows: Sequence[dict], task: str, step: int = 0) -> list[str]:
+    def _sources(self, columns: Columns, task: str, step: int) -> list[str]:
+        users = columns["user"]
         if task == "sequential":
-            return [templates.sequential_prompt(r["user"], r["history"]) for r in rows]
+            return [templates.sequential_prompt(u, h) for u, h in zip(users, columns["history"])]
         if task == "topn":
-            if "negatives" in rows[0]:  # evaluation rows carry their fixed candidates
-                candidate_lists = [evaluation_candidates(r, self.seed) for r in rows]
+            if "negatives" in columns:  # evaluation rows carry their fixed candidates
+                candidate_lists = [evaluation_candidates({"user": u, "target": t, "negatives": n}, self.seed)
+                                   for u, t, n in zip(users, columns["target"], columns["negatives"])]
             else:
-                rng = np.random.default_rng([self.seed, step])
-                candidate_lists = [self._sample_candidates(r, rng) for r in rows]
-            return [templates.topn_prompt(r["user"], c) for r, c in zip(rows, candidate_lists)]
+                candidate_lists = self._training_candidates(columns, step)
+            return [templates.topn_prompt(u, c) for u, c in zip(users, candidate_lists)]
         if task == "explanation":
-            return [templates.explanation_prompt(r["user"], r["target"]) for r in rows]
+            return [templates.explanation_prompt(u, t) for u, t in zip(users, columns["target"])]
         raise ValueError(f"unknown task {task!r}; tasks are {', '.join(templates.TASKS)}")
 
-    def __call__(self, rows: Sequence[dict], task: str, step: int = 0, with_labels: bool = True) -> dict[str, torch.Tensor]:
-        batch = self.codec.encode(self.sources(rows, task, step), max_length=self.max_source_length)
-        batch["user_ids"] = torch.tensor([r["user"] for r in rows], dtype=torch.long)
-        batch["task_ids"] = torch.full((len(rows),), templates.TASK_IDS[task], dtype=torch.long)
+    def sources(self, rows: Sequence[dict], task: str, step: int = 0) -> list[str]:
+        return self._sources(as_columns(rows), task, step)
+
+    def encode_columns(self, columns: Columns, task: str, step: int = 0,
+                       with_labels: bool = True) -> dict[str, torch.Tensor]:
+        """The model batch of one task from column lists (``user``, ``history``, ``target``, ...)."""
+        batch = self.codec.encode(self._sources(columns, task, step), max_length=self.max_source_length)
+        size = len(columns["user"])
+        batch["user_ids"] = torch.as_tensor(np.asarray(columns["user"], dtype=np.int64))
+        batch["task_ids"] = torch.full((size,), templates.TASK_IDS[task], dtype=torch.long)
         if with_labels:
-            targets = [r["explanation"] if task == "explanation" else templates.item_target(r["target"]) for r in rows]
+            targets = (columns["explanation"] if task == "explanation"
+                       else [templates.item_target(t) for t in columns["target"]])
             batch["labels"] = self.codec.labels(targets)
         return batch
+
+    def __call__(self, rows: Sequence[dict], task: str, step: int = 0, with_labels: bool = True) -> dict[str, torch.Tensor]:
+        return self.encode_columns(as_columns(rows), task, step, with_labels)
 
 
 def evaluation_candidates(row: dict, seed: int) -> list[int]:

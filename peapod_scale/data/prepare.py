@@ -7,13 +7,17 @@ Layout of the output folder (the trainer reads exactly this; see DESIGN.md "Data
     items.parquet                item int32 (1..I), original string
     sequences/part-*.parquet     user, items list<int32>             the full chronological sequence
     train/part-*.parquet         user, history list<int32>, target   one row per training target
+    train_explanation/part-*.parquet  user, target, explanation      (with text only) the train rows whose
+                                                                     explanation is non-empty
     valid/part-*.parquet         user, history, target, negatives    target = items[-2]
     test/part-*.parquet          user, history, target, negatives    target = items[-1]
 
 When the source has review text (amazon-reviews, P5 with exp_splits.pkl) train/valid/test also get
 an ``explanation`` string column: the explanation of the row's *target* interaction, "" when that
-interaction has none (never null). manifest["tasks"] lists the tasks the data supports and
-manifest["task_rows"] counts usable rows per split and task.
+interaction has none (never null); ``train_explanation/`` repeats just the train rows with text, so the
+explanation task streams full batches with equal steps per rank instead of skipping textless rows
+(see data/tasks.py). manifest["tasks"] lists the tasks the data supports and manifest["task_rows"]
+counts usable rows per split and task.
 
 Everything is written into a temporary sibling folder that is renamed into place only when complete.
 """
@@ -311,7 +315,11 @@ def _write_dataset(root: Path, ds: _Dataset, *, seed: int, max_history: int, num
         return {"sequences": _rows_table(ds, rows["sequences"], a, b, _SEQUENCES_SCHEMA)}
 
     def train(a: int, b: int) -> dict[str, pa.Table]:
-        return {"train": _rows_table(ds, rows["train"], a, b, train_schema)}
+        table = _rows_table(ds, rows["train"], a, b, train_schema)
+        if ds.texts is None:
+            return {"train": table}
+        with_text = table.filter(pc.greater(pc.binary_length(table["explanation"]), 0))
+        return {"train": table, "train_explanation": with_text.select(["user", "target", "explanation"])}
 
     def evaluation(a: int, b: int) -> dict[str, pa.Table]:
         # valid and test have one row per user: they share shard ranges, so also the negatives.
@@ -324,7 +332,7 @@ def _write_dataset(root: Path, ds: _Dataset, *, seed: int, max_history: int, num
     splits = _write_shards(root, ds.num_users, rows_per_shard, sequences)
     splits |= _write_shards(root, len(rows["train"].user), rows_per_shard, train)
     splits |= _write_shards(root, ds.num_users, rows_per_shard, evaluation)
-    return {name: splits[name] for name in ("train", "valid", "test", "sequences")}
+    return {name: splits[name] for name in ("train", "valid", "test", "sequences", "train_explanation") if name in splits}
 
 
 def _text_present(texts: pa.Array) -> np.ndarray:

@@ -20,12 +20,12 @@ window per worker, whatever the dataset size.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -64,22 +64,22 @@ class EpochOrder:
         self.order = np.random.default_rng([seed, epoch]).permutation(len(windows))
         self.starts = np.concatenate([[0], np.cumsum([windows[w].rows for w in self.order])])
 
-    def locate(self, position: int) -> tuple[int, int]:
-        """(window, index into that window's row permutation) of the example at ``position``."""
-        slot = bisect.bisect_right(self.starts, position) - 1
-        return int(self.order[slot]), int(position - self.starts[slot])
-
     def permutation(self, window: int) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch, window]).permutation(self.windows[window].rows)
 
 
 class ShardStream(IterableDataset):
-    """One epoch of this rank's batches (lists of row dicts); see the module docstring."""
+    """One epoch of this rank's batches (lists of row dicts); see the module docstring.
+
+    ``read_batch(epoch, batch)`` gives any batch of this rank as an Arrow table, keeping the last
+    window read (one window in memory), so several task streams can draw from it in any order.
+    """
 
     def __init__(self, files: Sequence[str | Path], batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, window_rows: int = 65_536, columns: Sequence[str] | None = None):
+                 seed: int = 0, window_rows: int = 65_536, columns: Sequence[str] | None = None,
+                 name: str = "training"):
         if not files:
-            raise ValueError("no Parquet shards to stream")
+            raise ValueError(f"no Parquet shards to stream for the {name} rows")
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
         self.windows = _windows(files, window_rows)
@@ -88,31 +88,42 @@ class ShardStream(IterableDataset):
         self.columns = list(columns) if columns else None
         self.steps_per_epoch = self.total_rows // (world_size * batch_size)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{self.total_rows} training rows cannot fill one batch of {batch_size} on each of "
+            raise ValueError(f"{self.total_rows} {name} rows cannot fill one batch of {batch_size} on each of "
                              f"{world_size} ranks; lower --micro-batch-size")
         self.epoch, self.start_batch = 0, 0
+        self._order: EpochOrder | None = None
+        self._window, self._table, self._permutation = -1, None, np.empty(0, dtype=np.int64)
 
-    def _read(self, window: int) -> list[dict]:
+    def __getstate__(self) -> dict:  # loader workers start with an empty cache
+        return {**self.__dict__, "_order": None, "_window": -1, "_table": None}
+
+    def _read(self, window: int) -> pa.Table:
         spec = self.windows[window]
-        table = pq.ParquetFile(spec.path).read_row_groups(list(spec.row_groups), columns=self.columns)
-        return table.to_pylist()
+        return pq.ParquetFile(spec.path).read_row_groups(list(spec.row_groups), columns=self.columns)
+
+    def read_batch(self, epoch: int, batch: int) -> pa.Table:
+        """Batch ``batch`` (0 <= batch < steps_per_epoch) of this rank in epoch ``epoch``."""
+        if self._order is None or self._order.epoch != epoch:
+            self._order = EpochOrder(self.windows, self.seed, epoch)
+            self._window = -1
+        order = self._order
+        first = (self.rank * self.steps_per_epoch + batch) * self.batch_size
+        positions = np.arange(first, first + self.batch_size)
+        slots = np.searchsorted(order.starts, positions, side="right") - 1
+        parts = []
+        for slot in np.unique(slots):  # a batch spans one window, sometimes two
+            window = int(order.order[slot])
+            if window != self._window:
+                self._window, self._table, self._permutation = window, self._read(window), order.permutation(window)
+            parts.append(self._table.take(self._permutation[positions[slots == slot] - order.starts[slot]]))
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def __iter__(self) -> Iterator[list[dict]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        order = EpochOrder(self.windows, self.seed, self.epoch)
-        first = self.rank * self.steps_per_epoch * self.batch_size
-        cached_window, cached_rows, permutation = -1, [], np.empty(0, dtype=np.int64)
         for batch in range(self.start_batch, self.steps_per_epoch):
-            if (batch - self.start_batch) % workers != worker:
-                continue
-            rows = []
-            for position in range(first + batch * self.batch_size, first + (batch + 1) * self.batch_size):
-                window, index = order.locate(position)
-                if window != cached_window:
-                    cached_window, cached_rows, permutation = window, self._read(window), order.permutation(window)
-                rows.append(cached_rows[permutation[index]])
-            yield rows
+            if (batch - self.start_batch) % workers == worker:
+                yield self.read_batch(self.epoch, batch).to_pylist()
 
 
 def _batch_as_is(batch: list[dict]) -> list[dict]:

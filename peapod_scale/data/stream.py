@@ -37,15 +37,24 @@ def training_sequences(data_dir: str | Path, manifest: dict) -> Iterator[list[in
             yield items[:-2]
 
 
-def batch_stream(data_dir: str | Path, manifest: dict, batch_size: int, rank: int, world_size: int,
-                 seed: int, shuffle_buffer: int = 65_536, num_workers: int = 1) -> Iterator[list[dict]]:
-    """Endless batches of raw training rows for this rank, reshuffled every epoch (see reader.py).
+def task_stream(data_dir: str | Path, manifest: dict, weights: dict[str, float], batcher, batch_size: int,
+                rank: int, world_size: int, seed: int, shuffle_buffer: int = 65_536, num_workers: int = 1,
+                grad_accum: int = 1):
+    """Endless ``(task, model batch)`` pairs for this rank, rendered and tokenized in the loader workers.
 
-    Every rank gets the same number of batches per epoch, so no collective waits on a rank whose
-    shard ran out first.
+    One row source per kind of row (see tasks.py); every rank gets the same number of batches, so no
+    collective waits on a rank whose shard ran out first.
     """
-    from .reader import ShardStream, TrainStream
+    from .reader import ShardStream
+    from .tasks import SOURCE_COLUMNS, SOURCE_OF, TaskBatches, TaskSchedule, TaskStream
 
-    dataset = ShardStream(split_files(data_dir, manifest, "train"), batch_size, rank, world_size, seed=seed,
-                          window_rows=shuffle_buffer, columns=["user", "history", "target"])
-    return iter(TrainStream(dataset, num_workers=num_workers))
+    sources = {}
+    for source in dict.fromkeys(SOURCE_OF[task] for task in weights):
+        if source not in manifest["splits"]:
+            raise ValueError(f"{data_dir} has no {source!r} split (explanation training reads only the rows with "
+                             f"text from it); re-create the dataset with `peapod-scale prepare ... --overwrite`")
+        sources[source] = ShardStream(split_files(data_dir, manifest, source), batch_size, rank, world_size,
+                                      seed=seed, window_rows=shuffle_buffer, columns=SOURCE_COLUMNS[source],
+                                      name=f"{data_dir} {source}")
+    dataset = TaskBatches(sources, TaskSchedule(weights, seed), batcher, grad_accum)
+    return TaskStream(dataset, num_workers=num_workers)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import string
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -88,25 +90,32 @@ class TextCodec:
         self.tokenizer.save(str(Path(directory) / TOKENIZER_FILE))
 
     def encode(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Right-padded ``input_ids``, ``attention_mask`` and ``whole_word_ids`` (1-based word index, 0 on pad/eos)."""
+        """Right-padded ``input_ids``, ``attention_mask`` and ``whole_word_ids`` (1-based word index, 0 on pad/eos).
+
+        One ``encode_batch`` call and flat numpy scatters instead of per-row tensors: this runs in
+        the loader workers once per batch, and the per-row work was most of its cost.
+        """
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        rows, words = [], []
-        for encoding in encodings:
-            ids = encoding.ids
-            word_ids = [0 if w is None else min(w + 1, MAX_WHOLE_WORDS - 1) for w in encoding.word_ids]
-            if max_length is not None and len(ids) > max_length - 1:
-                ids, word_ids = ids[: max_length - 1], word_ids[: max_length - 1]
-            rows.append(ids + [self.eos_id])
-            words.append(word_ids + [0])
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        whole_word_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (ids, word_ids) in enumerate(zip(rows, words)):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attention_mask[i, : len(ids)] = 1
-            whole_word_ids[i, : len(ids)] = torch.tensor(word_ids)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "whole_word_ids": whole_word_ids}
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=int(lengths.sum()))
+        try:  # without special tokens every piece belongs to a word; None would make fromiter fail
+            words = np.fromiter(chain.from_iterable(e.word_ids for e in encodings), dtype=np.int64, count=len(ids)) + 1
+        except TypeError:
+            words = np.array([0 if w is None else w + 1 for e in encodings for w in e.word_ids], dtype=np.int64)
+        np.minimum(words, MAX_WHOLE_WORDS - 1, out=words)
+        kept = lengths if max_length is None else np.minimum(lengths, max_length - 1)
+        row = np.repeat(np.arange(len(lengths)), lengths)
+        column = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        keep = column < kept[row]
+        width = int(kept.max(initial=0)) + 1
+        input_ids = np.full((len(lengths), width), self.pad_id, dtype=np.int64)
+        whole_word_ids = np.zeros((len(lengths), width), dtype=np.int64)
+        input_ids[row[keep], column[keep]] = ids[keep]
+        whole_word_ids[row[keep], column[keep]] = words[keep]
+        input_ids[np.arange(len(lengths)), kept] = self.eos_id
+        attention_mask = (np.arange(width) <= kept[:, None]).astype(np.int64)
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
+                "whole_word_ids": torch.from_numpy(whole_word_ids)}
 
     def labels(self, texts: Sequence[str]) -> torch.Tensor:
         """Target ids with padding set to -100 so the loss ignores it."""

@@ -1,0 +1,199 @@
+"""Task-alternated training batches, rendered and tokenized in the loader workers.
+
+Why this shape:
+
+- **One task per optimizer step, the same on every rank.** POD's task-alternated batches only hold
+  globally if all ranks (and all micro-steps of one accumulated step) train the same task, so the
+  task of step n is a pure function of ``(seed, weights, n)``: a golden-ratio (Weyl) sequence
+  ``u_n = frac(offset(seed) + n·0.618…)`` mapped through the cumulative weights. Unlike independent
+  draws its task counts stay within a few steps of ``n·weight`` in every window, so each logging
+  window sees every task; unlike a fixed round-robin it honours any real-valued weights.
+- **One row source per kind of row, not per task.** Sequential and top-N both read the ``train``
+  split and share one position in it; explanation reads ``train_explanation`` (only rows whose
+  target has text, written by ``prepare``), so it never has to skip textless rows and every batch is
+  full. Each source is a ``ShardStream``, which cuts every epoch into the same number of batches per
+  rank; since all ranks follow the same task sequence they consume identical (source, epoch, batch)
+  positions and so run the same number of steps. Memory is one window per source per worker.
+- **Workers own the expensive part.** Micro-batch n is built by worker ``(n - start) % workers``,
+  which every worker can work out alone by walking the same schedule; PyTorch's loader takes
+  batches from its workers round-robin, so the main process receives tensors in micro-batch order,
+  whatever the worker count. Top-N negatives are seeded by the micro-batch index, not by the worker.
+- **The position is small and exact.** ``(micro-batches consumed, (epoch, batch) per source)``
+  counted in the main process as batches are handed to the trainer (not as workers prefetch), so
+  ``load_state_dict`` on a new stream, with any worker count, continues at exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from . import templates
+from .batches import TaskBatcher
+from .reader import ShardStream
+
+SOURCE_OF = {"sequential": "train", "topn": "train", "explanation": "train_explanation"}
+SOURCE_COLUMNS = {"train": ["user", "history", "target"], "train_explanation": ["user", "target", "explanation"]}
+_GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def parse_task_weights(tasks: str, task_weights: str | None, supported: Sequence[str], data: str = "the dataset",
+                       tasks_is_default: bool = False) -> dict[str, float]:
+    """``--task-weights`` (or equal weights over ``--tasks``) -> {task: weight > 0} in ``templates.TASKS`` order.
+
+    ``--task-weights`` names the tasks itself (weight 0 leaves one out); an explicit ``--tasks``
+    must then name the same tasks.
+    """
+    listed = [t.strip() for t in tasks.split(",") if t.strip()]
+    _check_names("--tasks", tasks, listed)
+    if task_weights is None:
+        weights = {task: 1.0 for task in listed}
+        option, value = "--tasks", tasks
+    else:
+        weights, option, value = _parse_pairs(task_weights), "--task-weights", task_weights
+        named = {task for task, weight in weights.items() if weight > 0}
+        if not tasks_is_default and set(listed) != named:
+            raise ValueError(f"--tasks {tasks} and --task-weights {task_weights} name different tasks; give only "
+                             "--task-weights (it chooses the tasks) or make them agree")
+    if not weights:
+        raise ValueError(f"{option} {value!r} names no task; tasks are {', '.join(templates.TASKS)}")
+    unsupported = [task for task, weight in weights.items() if weight > 0 and task not in supported]
+    if unsupported:
+        raise ValueError(f"{option} {value}: {data} does not support {', '.join(unsupported)} (its manifest lists "
+                         f"{', '.join(supported)}); drop it, or prepare data with review text for explanation")
+    return {task: float(weights[task]) for task in templates.TASKS if weights.get(task, 0) > 0}
+
+
+def _check_names(option: str, value: str, names: Sequence[str]) -> None:
+    unknown = [name for name in names if name not in templates.TASKS]
+    if unknown:
+        raise ValueError(f"{option} {value}: unknown task {unknown[0]!r}; tasks are {', '.join(templates.TASKS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{option} {value}: a task is named twice")
+
+
+def _parse_pairs(value: str) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    for entry in entries:
+        task, sep, number = entry.partition("=")
+        try:
+            weight = float(number) if sep else math.nan
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight):
+            raise ValueError(f"--task-weights {value}: {entry!r} is not TASK=WEIGHT with a number, e.g. "
+                             "sequential=1,topn=1,explanation=0.5")
+        if weight < 0:
+            raise ValueError(f"--task-weights {value}: weight of {task.strip()!r} is negative ({weight:g}); "
+                             "weights must be >= 0")
+        weights[task.strip()] = weight
+    _check_names("--task-weights", value, [entry.partition("=")[0].strip() for entry in entries])
+    if entries and sum(weights.values()) <= 0:
+        raise ValueError(f"--task-weights {value}: the weights sum to 0; give at least one task a positive weight")
+    return weights
+
+
+class TaskSchedule:
+    """The task of each optimizer step: a pure function of (seed, weights, step); see the module docstring."""
+
+    def __init__(self, weights: Mapping[str, float], seed: int):
+        self.weights, self.tasks = dict(weights), list(weights)
+        total = sum(weights.values())
+        self.bounds, running = [], 0.0
+        for task in self.tasks:
+            running += weights[task] / total
+            self.bounds.append(running)
+        self.offset = math.fmod(seed * _GOLDEN * _GOLDEN, 1.0)
+
+    def task(self, step: int) -> str:
+        u = math.fmod(self.offset + step * _GOLDEN, 1.0)
+        return next((t for t, bound in zip(self.tasks, self.bounds) if u < bound), self.tasks[-1])
+
+
+class Position:
+    """How far the stream has gone: micro-batches handed out, and (epoch, batch) of each row source."""
+
+    def __init__(self, sources: Sequence[str]):
+        self.micro_batches = 0
+        self.sources = {name: [0, 0] for name in sources}
+
+    def advance(self, source: str, steps_per_epoch: int) -> None:
+        self.micro_batches += 1
+        epoch, batch = self.sources[source]
+        self.sources[source] = [epoch, batch + 1] if batch + 1 < steps_per_epoch else [epoch + 1, 0]
+
+
+class TaskBatches(IterableDataset):
+    """Endless ``(task, model batch)`` pairs of this rank from ``position`` on, split over loader workers."""
+
+    def __init__(self, sources: Mapping[str, ShardStream], schedule: TaskSchedule, batcher: TaskBatcher,
+                 grad_accum: int = 1):
+        self.sources, self.schedule, self.batcher, self.grad_accum = dict(sources), schedule, batcher, grad_accum
+        self.position = Position(list(self.sources))
+
+    def task_of(self, micro_batch: int) -> str:
+        return self.schedule.task(micro_batch // self.grad_accum)
+
+    def next_source(self, position: Position) -> tuple[str, str]:
+        task = self.task_of(position.micro_batches)
+        return task, SOURCE_OF[task]
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        position = copy.deepcopy(self.position)
+        start = position.micro_batches
+        while True:
+            task, source = self.next_source(position)
+            stream = self.sources[source]
+            if (position.micro_batches - start) % workers == worker:
+                table = stream.read_batch(*position.sources[source])
+                yield task, self.batcher.encode_columns(table.to_pydict(), task, step=position.micro_batches)
+            position.advance(source, stream.steps_per_epoch)
+
+
+def _as_is(item):
+    return item
+
+
+class TaskStream:
+    """The trainer's iterator over ready batches, with a position that survives restarts: ``state_dict()``."""
+
+    def __init__(self, dataset: TaskBatches, num_workers: int = 1):
+        self.dataset, self.num_workers = dataset, num_workers
+        self.position = Position(list(dataset.sources))
+
+    def _layout(self) -> dict:
+        any_source = next(iter(self.dataset.sources.values()))
+        return {"seed": any_source.seed, "batch_size": any_source.batch_size, "world_size": any_source.world_size,
+                "task_weights": self.dataset.schedule.weights, "grad_accum": self.dataset.grad_accum}
+
+    def state_dict(self) -> dict:
+        sources = {name: {"epoch": e, "batch": b} for name, (e, b) in self.position.sources.items()}
+        return {"micro_batches": self.position.micro_batches, "sources": sources, **self._layout()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, mine in self._layout().items():
+            if state.get(key) != mine:
+                raise ValueError(f"cannot resume the data stream: {key} was {state.get(key)}, now {mine}; "
+                                 f"resume with the same --seed, batch sizes, rank count and --task-weights")
+        self.position.micro_batches = state["micro_batches"]
+        for name in self.position.sources:
+            self.position.sources[name] = [state["sources"][name]["epoch"], state["sources"][name]["batch"]]
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        self.dataset.position = copy.deepcopy(self.position)
+        # its own generator: creating the loader must not draw from the global RNG (dropout), or a resumed
+        # run would continue with other random numbers than the uninterrupted one
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
+                            generator=torch.Generator().manual_seed(0))
+        for task, batch in loader:
+            expected, source = self.dataset.next_source(self.position)
+            assert task == expected, (task, expected)  # workers and the main process walk the same schedule
+            self.position.advance(source, self.dataset.sources[source].steps_per_epoch)
+            yield task, batch
