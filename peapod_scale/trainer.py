@@ -66,6 +66,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.run_dir = Path(cfg.output)
         self.manifest = read_manifest(cfg.data)
+        if "explanation" in cfg.eval_task_list() and cfg.eval_split != "none" and "explanation" not in self.manifest["tasks"]:
+            raise ValueError(f"--eval-tasks {cfg.eval_tasks}: {cfg.data} has no explanation texts (its tasks: "
+                             f"{', '.join(self.manifest['tasks'])}); drop explanation or prepare a source with reviews")
         default_tasks = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "tasks")
         self.task_weights = parse_task_weights(cfg.tasks, cfg.task_weights, self.manifest["tasks"], data=cfg.data,
                                                tasks_is_default=cfg.tasks == default_tasks)
@@ -74,7 +77,8 @@ class Trainer:
         self.codec = load_codec(cfg.data, cfg.model)
         self.ds_config = ds_config.resolve(cfg.deepspeed, world_size=self.dist.world_size,
                                            micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr)
-        model = build_model(cfg, self.manifest["counts"]["users"], self.codec.vocab_size)
+        # At ZeRO-3 the model is partitioned while it is built (deepspeed.zero.Init): no rank holds it whole.
+        model = build_model(cfg, self.manifest["counts"]["users"], self.codec.vocab_size, ds_config=self.ds_config)
         if cfg.activation_checkpointing:  # non-reentrant: also right when the prompt-side inputs need no grad
             model.t5.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer_steps = warmup_cosine(cfg.warmup_steps, cfg.max_steps)

@@ -272,3 +272,4 @@ def test_evaluate_under_a_launcher_on_two_ranks_equals_one_process(zero2_run, da
     assert outputs[2]["users"] == 11
     for task in ("sequential", "topn"):
         assert outputs[2][task] == outputs[1][task], task
+    assert outputs[2]["invalid_answers"] == outputs[1]["invalid_answers"]
