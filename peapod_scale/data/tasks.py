@@ -18,6 +18,9 @@ Why this shape:
   which every worker can work out alone by walking the same schedule; PyTorch's loader takes
   batches from its workers round-robin, so the main process receives tensors in micro-batch order,
   whatever the worker count. Top-N negatives are seeded by the micro-batch index, not by the worker.
+  Workers hand over numpy arrays, wrapped as tensors without a copy on arrival: a torch tensor
+  crosses the process boundary through a shared-memory file of its own, which for these small
+  batches cost ~7 ms per batch against <1 ms for pickling the arrays through the pipe.
 - **The position is small and exact.** ``(micro-batches consumed, (epoch, batch) per source)``
   counted in the main process as batches are handed to the trainer (not as workers prefetch), so
   ``load_state_dict`` on a new stream, with any worker count, continues at exactly the next batch.
@@ -153,7 +156,8 @@ class TaskBatches(IterableDataset):
             stream = self.sources[source]
             if (position.micro_batches - start) % workers == worker:
                 table = stream.read_batch(*position.sources[source])
-                yield task, self.batcher.encode_columns(table.to_pydict(), task, step=position.micro_batches)
+                batch = self.batcher.encode_columns(table.to_pydict(), task, step=position.micro_batches)
+                yield task, {name: tensor.numpy() for name, tensor in batch.items()}
             position.advance(source, stream.steps_per_epoch)
 
 
@@ -196,4 +200,4 @@ class TaskStream:
             expected, source = self.dataset.next_source(self.position)
             assert task == expected, (task, expected)  # workers and the main process walk the same schedule
             self.position.advance(source, self.dataset.sources[source].steps_per_epoch)
-            yield task, batch
+            yield task, {name: torch.from_numpy(array) for name, array in batch.items()}
