@@ -56,7 +56,8 @@ class TrainConfig:
     num_workers: int = _opt(1, "data loader worker processes per rank")
     log_every: int = _opt(20, "steps between log lines and TensorBoard scalars")
     eval_split: str = _opt("test", "split evaluated after training (valid or test); 'none' skips it")
-    eval_tasks: str = _opt("sequential,topn", "tasks evaluated after training")
+    eval_tasks: str = _opt("sequential,topn", "tasks evaluated after training and at each validation (sequential, "
+                                              "topn, explanation: BLEU/ROUGE on rows with a review text)")
     eval_batch_size: int = _opt(32, "users per generation batch")
     num_beams: int = _opt(20, "beams in evaluation beam search (10 returned)")
     eval_limit: Optional[int] = _opt(None, "evaluate only the first N users (quick checks)")
