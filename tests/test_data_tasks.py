@@ -199,3 +199,38 @@ def test_sampled_negatives_are_distinct_unseen_items():
         assert all(1 <= i <= 7 for i in items)
     crowded = sample_negatives(np.array([[1, 2, 3, 4, 5]]), num_items=7, count=3, rng=rng)
     assert sorted(crowded[0]) == [6, 7]  # only two unseen items exist
+
+
+def _prompts(batcher, columns):
+    return [text for task in ALL for text in batcher._sources(columns, task, 0)] + ["", "Which item"]
+
+
+def _rows(dataset):
+    manifest = read_manifest(dataset)
+    return manifest, pq.read_table(dataset / manifest["splits"]["train_explanation"]["files"][0]).to_pydict()
+
+
+def test_word_cache_gives_what_the_tokenizer_gives(dataset):
+    manifest, table = _rows(dataset)
+    columns = {**table, "history": [[1, 2, 3 + i % 5] for i in range(len(table["user"]))]}
+    codec = load_codec(dataset)
+    texts = _prompts(TaskBatcher(codec, manifest["counts"]["items"], topn_candidates=4), columns)
+    for _ in range(2):  # the first call checks the cache against the tokenizer, the second uses it
+        cached, plain = codec.encode(texts, max_length=24, cache_words=True), codec.encode(texts, max_length=24)
+        assert all(torch.equal(cached[key], plain[key]) for key in plain)
+    assert codec._words_are_local is True
+
+
+def test_word_cache_switches_off_for_a_tokenizer_that_splits_inside_words(dataset):
+    from tokenizers import pre_tokenizers
+
+    manifest, table = _rows(dataset)
+    columns = {**table, "history": [[11, 12] for _ in table["user"]]}
+    codec = load_codec(dataset)
+    codec.tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
+                                                             pre_tokenizers.Digits(individual_digits=True)])
+    texts = _prompts(TaskBatcher(codec, manifest["counts"]["items"], topn_candidates=4), columns)
+    for _ in range(2):
+        cached, plain = codec.encode(texts, cache_words=True), codec.encode(texts)
+        assert all(torch.equal(cached[key], plain[key]) for key in plain)
+    assert codec._words_are_local is False

@@ -99,14 +99,16 @@ class TaskBatcher:
     def encode_columns(self, columns: Columns, task: str, step: int = 0,
                        with_labels: bool = True) -> dict[str, torch.Tensor]:
         """The model batch of one task from column lists (``user``, ``history``, ``target``, ...)."""
-        batch = self.codec.encode(self._sources(columns, task, step), max_length=self.max_source_length)
+        batch = self.codec.encode(self._sources(columns, task, step), max_length=self.max_source_length,
+                                  cache_words=True)
         size = len(columns["user"])
         batch["user_ids"] = torch.as_tensor(np.asarray(columns["user"], dtype=np.int64))
         batch["task_ids"] = torch.full((size,), templates.TASK_IDS[task], dtype=torch.long)
         if with_labels:
-            targets = (columns["explanation"] if task == "explanation"
-                       else [templates.item_target(t) for t in columns["target"]])
-            batch["labels"] = self.codec.labels(targets)
+            if task == "explanation":  # free text: the word cache is for generated prompts and item numbers
+                batch["labels"] = self.codec.labels(columns["explanation"])
+            else:
+                batch["labels"] = self.codec.labels([templates.item_target(t) for t in columns["target"]], cache_words=True)
         return batch
 
     def __call__(self, rows: Sequence[dict], task: str, step: int = 0, with_labels: bool = True) -> dict[str, torch.Tensor]:

@@ -65,6 +65,8 @@ class TextCodec:
         self.tokenizer = tokenizer
         self.pad_id = self._special(PAD)
         self.eos_id = self._special(EOS)
+        self._word_pieces: dict[str, list[int]] = {}  # word -> its pieces, for encode(..., cache_words=True)
+        self._words_are_local: bool | None = None  # None: not yet checked against the tokenizer
 
     def _special(self, token: str) -> int:
         index = self.tokenizer.token_to_id(token)
@@ -89,19 +91,19 @@ class TextCodec:
     def save(self, directory: str | Path) -> None:
         self.tokenizer.save(str(Path(directory) / TOKENIZER_FILE))
 
-    def encode(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+    def encode(self, texts: Sequence[str], max_length: int | None = None,
+               cache_words: bool = False) -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids``, ``attention_mask`` and ``whole_word_ids`` (1-based word index, 0 on pad/eos).
 
-        One ``encode_batch`` call and flat numpy scatters instead of per-row tensors: this runs in
-        the loader workers once per batch, and the per-row work was most of its cost.
+        Flat numpy scatters instead of per-row tensors: this runs in the loader workers once per
+        batch, and the per-row work was most of its cost. ``cache_words`` (for rendered prompts, whose
+        words -- template words, ``user_17``, item numbers -- repeat endlessly) tokenizes each distinct
+        space-separated word once and reuses its pieces; see ``_cached_pieces``.
         """
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=int(lengths.sum()))
-        try:  # without special tokens every piece belongs to a word; None would make fromiter fail
-            words = np.fromiter(chain.from_iterable(e.word_ids for e in encodings), dtype=np.int64, count=len(ids)) + 1
-        except TypeError:
-            words = np.array([0 if w is None else w + 1 for e in encodings for w in e.word_ids], dtype=np.int64)
+        if cache_words and self._words_are_local is not False:
+            lengths, ids, words = self._cached_pieces(texts)
+        else:
+            lengths, ids, words = self._pieces(texts)
         np.minimum(words, MAX_WHOLE_WORDS - 1, out=words)
         kept = lengths if max_length is None else np.minimum(lengths, max_length - 1)
         row = np.repeat(np.arange(len(lengths)), lengths)
@@ -117,9 +119,48 @@ class TextCodec:
         return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
                 "whole_word_ids": torch.from_numpy(whole_word_ids)}
 
-    def labels(self, texts: Sequence[str]) -> torch.Tensor:
+    def _pieces(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pieces per text, all piece ids, 1-based word index of each piece) from one ``encode_batch``."""
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=int(lengths.sum()))
+        try:  # without special tokens every piece belongs to a word; None would make fromiter fail
+            words = np.fromiter(chain.from_iterable(e.word_ids for e in encodings), dtype=np.int64, count=len(ids)) + 1
+        except TypeError:
+            words = np.array([0 if w is None else w + 1 for e in encodings for w in e.word_ids], dtype=np.int64)
+        return lengths, ids, words
+
+    def _cached_pieces(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What ``_pieces`` gives, from per-word pieces: right for tokenizers whose pre-tokenizer splits
+        at spaces and whose model never looks across a split (Metaspace + BPE/Unigram, as here and in
+        T5). The first call checks that against ``_pieces`` and switches the cache off for good if a
+        tokenizer disagrees, so the cache never changes what the model reads.
+        """
+        split = [text.split(" ") for text in texts]
+        cache = self._word_pieces
+        if len(cache) > 1_000_000:  # bounded memory on huge id spaces
+            cache.clear()
+        missing = list({word for words in split for word in words if word not in cache})
+        if missing:
+            for word, encoding in zip(missing, self.tokenizer.encode_batch(missing, add_special_tokens=False)):
+                cache[word] = encoding.ids
+        words_per_text = np.fromiter((len(words) for words in split), dtype=np.int64, count=len(split))
+        pieces = [cache[word] for words in split for word in words]
+        counts = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+        ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=int(counts.sum()))
+        first_word = np.cumsum(words_per_text) - words_per_text
+        word_in_text = np.arange(len(pieces)) - np.repeat(first_word, words_per_text)
+        lengths = np.add.reduceat(counts, first_word) if len(pieces) else np.zeros(len(split), dtype=np.int64)
+        result = lengths, ids, np.repeat(word_in_text + 1, counts)
+        if self._words_are_local is None:
+            reference = self._pieces(texts)
+            self._words_are_local = all(np.array_equal(a, b) for a, b in zip(result, reference))
+            return reference
+        return result
+
+    def labels(self, texts: Sequence[str], cache_words: bool = False) -> torch.Tensor:
         """Target ids with padding set to -100 so the loss ignores it."""
-        encoded = self.encode(texts)
+        encoded = self.encode(texts, cache_words=cache_words)
         return encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
 
     def decode(self, ids: Iterable[Sequence[int]]) -> list[str]:
