@@ -35,6 +35,7 @@ def consolidation_bytes(checkpoint: Path, num_params: int) -> int:
 def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=print) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from .checkpoint_files import verify_checkpoint
     from .data.tokenizer import TextCodec
     from .model.peapod import PeaPOD
 
@@ -44,6 +45,7 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=
         raise FileNotFoundError(f"{model_dir} (architecture and tokenizer of the run) not found")
     checkpoints = run_dir / "checkpoints"
     tag = checkpoint_tag(checkpoints, tag)
+    verify_checkpoint(checkpoints / tag)  # zero_to_fp32 unpickles without restrictions
     model = PeaPOD.from_pretrained(model_dir)
     num_params = sum(p.numel() for p in model.parameters())
     log(f"consolidating {checkpoints / tag} ({num_params / 1e6:.1f} M parameters): needs about "

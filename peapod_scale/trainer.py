@@ -21,7 +21,9 @@ from .data.batches import TaskBatcher
 from .data.stream import read_manifest, task_stream
 from .data.tasks import parse_task_weights
 from .data.tokenizer import load_codec
+from .checkpoint_files import verify_checkpoint
 from .evaluation import evaluate, format_table, write_json_atomic
+from .export import checkpoint_tag
 from .throughput import StepMeter, flop_counter, log_line
 from .model.build import build_model, optimizer_groups
 
@@ -193,6 +195,7 @@ class Trainer:
         else:
             raise ValueError(f"--resume {path}: not a checkpoints folder (with a 'latest' file), a run folder or a "
                              "checkpoint tag folder; point it at RUN/checkpoints or RUN/checkpoints/stepN")
+        verify_checkpoint(load_dir / (tag or checkpoint_tag(load_dir, None)))  # DeepSpeed unpickles it unrestricted
         loaded, client_state = self.engine.load_checkpoint(str(load_dir), tag=tag)
         if loaded is None:
             raise ValueError(f"--resume {path}: DeepSpeed could not load a checkpoint from {load_dir}")
