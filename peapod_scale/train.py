@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 from peapod_scale.config import parse_train_config
 from peapod_scale.trainer import Trainer
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_train_config(argv)
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except (ValueError, FileNotFoundError) as error:  # options or data that do not fit: say what, no traceback
+        print(f"peapod-scale train: error: {error}", file=sys.stderr)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        return 2
     try:
         trainer.train()
         trainer.restore_best()  # when --eval-every kept one

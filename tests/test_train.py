@@ -273,3 +273,12 @@ def test_evaluate_under_a_launcher_on_two_ranks_equals_one_process(zero2_run, da
     for task in ("sequential", "topn"):
         assert outputs[2][task] == outputs[1][task], task
     assert outputs[2]["invalid_answers"] == outputs[1]["invalid_answers"]
+
+
+def test_options_that_do_not_fit_the_data_stop_before_training_with_one_line(dataset, tmp_path):
+    result = subprocess.run([sys.executable, "peapod_scale/train.py", "--data", str(dataset), "--output",
+                             str(tmp_path / "run"), "--eval-tasks", "sequential,explanation"],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "error: --eval-tasks sequential,explanation:" in result.stderr and "no explanation texts" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "checkpoints").exists()
