@@ -8,6 +8,9 @@
 N/50 items, ``--neighbors 0``), reused across runs; a missing size is prepared first and its wall
 time and peak RSS recorded as a ``prepare`` row. Keep it outside the repository.
 
+``--code`` (default HEAD) exports that commit's peapod_scale/ into a temp folder and measures it, so
+other people's uncommitted edits in the working tree are not what is measured.
+
 Every measurement runs in its own interpreter, so ``ru_maxrss`` is that mode's peak, and reports:
 - ``peak_rss_mb``: peak RSS of the measuring (main) process;
 - ``worker_peak_rss_mb``: the largest loader worker's peak (``RUSAGE_CHILDREN`` after the workers
@@ -18,17 +21,20 @@ Every measurement runs in its own interpreter, so ``ru_maxrss`` is that mode's p
 
 Modes (training's settings: batches of ``--batch-size`` rows, window / shuffle buffer 65,536 rows,
 tasks sequential and top-N taking turns, rank 0 of 1 unless said):
-- ``raw``: a full epoch over the train split through ``stream.batch_stream`` (ShardStream +
-  TrainStream, 1 loader worker), batches of row dicts, no tokenization: rows/s and memory;
-- ``tok``: what training does per rank: the same stream with 1 and 2 loader workers, every batch
-  rendered and tokenized by ``TaskBatcher`` (in the main process, as ``trainer.py`` does), for
-  ``--batches`` batches; examples/s counted after the first batch (its latency is ``first_batch_s``);
+- ``raw``: a full epoch over the train split through ``ShardStream`` + ``TrainStream`` (1 loader
+  worker), batches of row dicts, no tokenization: rows/s and memory;
+- ``tok``: what training does per rank, with 1 and 2 loader workers, for ``--batches`` batches;
+  examples/s counted after the first batch (its latency is ``first_batch_s``). When
+  ``stream.task_stream`` exists (rendering + tokenization in the loader workers, tensors arriving in
+  the main process; tasks sequential and top-N at equal weights) that is measured; before it, raw
+  rows from the loader rendered and tokenized by ``TaskBatcher`` in the main process. The row's
+  ``tokenized_in`` ("workers" / "main") and label say which;
 - ``lists``: the reference code's way: the whole train split loaded into Python lists, shuffled,
   batched, then the same tokenization for ``--batches`` batches. ``load_s`` is the load; its memory
   is estimated first from one shard, and a size whose estimate exceeds ``--memory-limit-gb`` (or
   the memory available now) is skipped with the reason recorded;
 - ``hf``: Hugging Face ``datasets`` streaming over the same shards: ``load_dataset("parquet",
-  streaming=True)`` + ``split_dataset_by_node`` + ``.shuffle(buffer_size=65536)`` + DataLoader
+  streaming=True)`` + ``.shuffle(buffer_size=65536)`` + ``split_dataset_by_node`` + DataLoader
   (1 worker) + the same tokenization, for ``--batches`` batches;
 - ``hf-ranks``: the same HF stream (user column only, no tokenization) split over 2 ranks, each rank
   iterated to its end: rows per rank and the stall between a rank's last row and the end of its pass.
@@ -70,9 +76,10 @@ COLUMNS = ["user", "history", "target"]  # what stream.batch_stream reads
 WINDOW = 65_536                          # training's default --shuffle-buffer
 SEED = 42                                # training's default --seed
 TOPN_CANDIDATES = 20                     # training's default --topn-candidates
-# Examples/s per rank that training consumes when no --train-run is given: the tiny preset, ZeRO-2,
-# 2 CPU ranks, micro batch 32 on this shared 2-core VM ran ~6.6 optimizer steps/s per rank
-# (the demo's `scripts/demo.sh` run, time/step_s ~0.15 s): 6.6 x 32 = ~210 examples/s per rank.
+# Examples/s per rank that training consumes when no --train-run is given: the figure of issue 3's
+# brief for the tiny preset on this shared 2-core VM (~6.6 optimizer steps/s x micro batch 32 = ~210).
+# The demo run runs/ml-100k-20261125-230043 (tiny, ZeRO-2, 2 CPU ranks) measured a median 337 per rank:
+# pass --train-run for a measured figure.
 DEFAULT_TRAIN_RATE = 210.0
 GOAL_RSS_GROWTH = 0.10
 GOAL_RATIO = 20.0
@@ -582,7 +589,9 @@ def print_table(rows: list[dict], train_rate: float, train_source: str) -> None:
             ratio = r["examples_per_s"] / train_rate
             print(f"{'goal' if r['mode'] == 'tok' else 'also'} {r['interactions'] / 1e6:g}M {r['label']}: "
                   f"{r['examples_per_s']:,.0f} / {train_rate:,.0f} = {ratio:.1f}x training's rate (>= 20x): "
-                  f"{'MET' if ratio >= GOAL_RATIO else 'NOT MET'}")
+                  f"{'MET' if ratio >= GOAL_RATIO else 'NOT MET'}"
+                  + (f"  [vs the default {DEFAULT_TRAIN_RATE:.0f}/s: {r['examples_per_s'] / DEFAULT_TRAIN_RATE:.1f}x]"
+                     if train_rate != DEFAULT_TRAIN_RATE else ""))
 
 
 def main() -> None:
