@@ -56,6 +56,13 @@ def train_tokenizer(dataset_dir: Path, manifest: dict, vocab_size: int | None = 
     return TOKENIZER_FILE
 
 
+# Words kept by the word cache of one process (~200 B each: ~27 MB). The cache holds every distinct
+# user and item word it meets, so without a tight bound a worker's memory grows with the id space (a million
+# entries measured 207 MB). Template words and popular items are re-cached at once after a clear, so the hit
+# rate stays high.
+WORD_CACHE_ENTRIES = 1 << 17
+
+
 class TextCodec:
     """Batch encode/decode around a ``tokenizers.Tokenizer``, adding ``</s>`` and whole-word ids."""
 
@@ -138,7 +145,7 @@ class TextCodec:
         """
         split = [text.split(" ") for text in texts]
         cache = self._word_pieces
-        if len(cache) > 1_000_000:  # bounded memory on huge id spaces
+        if len(cache) > WORD_CACHE_ENTRIES:  # a fixed bound, whatever the number of users and items
             cache.clear()
         missing = list({word for words in split for word in words if word not in cache})
         if missing:
