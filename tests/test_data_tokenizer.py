@@ -43,3 +43,20 @@ def test_missing_tokenizer_is_explained(tmp_path):
     (tmp_path / "manifest.json").write_text('{"tokenizer": null}')
     with pytest.raises(FileNotFoundError, match="prepare"):
         load_codec(tmp_path)
+
+
+def test_item_number_table_gives_what_the_tokenizer_gives(dataset):
+    """index_numbers' table stands in for the tokenizer on canonical numbers only; everything else
+    (leading zeros, numbers past the table, other digits, words) still goes through the tokenizer."""
+    codec, reference = load_codec(dataset), load_codec(dataset)
+    codec.index_numbers(40)
+    offsets, ids = codec._numbers
+    assert len(offsets) == 42 and len(ids) >= 40
+    texts = [templates.sequential_prompt(3, [1, 17, 40, 39]), "007 0 41 12345 ² 40 user_40",
+             templates.topn_prompt(7, list(range(1, 41)))]
+    for _ in range(2):  # the first call also checks the cache path against the plain one
+        cached, plain = codec.encode(texts, cache_words=True), reference.encode(texts)
+        assert all(cached[k].equal(plain[k]) for k in plain)
+    assert codec._words_are_local is True
+    assert codec._number_pieces("17") == codec.tokenizer.encode("17", add_special_tokens=False).ids
+    assert [codec._number_pieces(w) for w in ("007", "0", "41", "²", "user_4")] == [None] * 5

@@ -67,6 +67,7 @@ class TaskBatcher:
                  max_source_length: int = 512):
         self.codec, self.num_items, self.topn_candidates = codec, num_items, topn_candidates
         self.seed, self.max_source_length = seed, max_source_length
+        codec.index_numbers(num_items)  # item numbers tokenized once, shared by the forked loader workers
 
     def _training_candidates(self, columns: Columns, step: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, step])

@@ -74,6 +74,36 @@ class TextCodec:
         self.eos_id = self._special(EOS)
         self._word_pieces: dict[str, list[int]] = {}  # word -> its pieces, for encode(..., cache_words=True)
         self._words_are_local: bool | None = None  # None: not yet checked against the tokenizer
+        self._numbers: tuple[np.ndarray, np.ndarray] | None = None  # pieces of "1".."N": (offsets, ids)
+
+    def index_numbers(self, count: int, chunk: int = 65_536) -> None:
+        """Tokenize the item numbers 1..count once into two flat arrays (~12 B per item).
+
+        Item numbers are most of the words of a prompt (a history, a candidate list), and a catalog of
+        hundreds of thousands does not fit the bounded word cache: without this every batch would send
+        hundreds of evicted numbers back through the tokenizer (~10 us each). Called in the main process
+        before the loader workers fork, so they share the arrays.
+        """
+        if count < 1 or (self._numbers is not None and len(self._numbers[0]) - 2 >= count):
+            return
+        lengths, ids = [], []
+        for start in range(1, count + 1, chunk):
+            words = [str(n) for n in range(start, min(start + chunk, count + 1))]
+            encodings = self.tokenizer.encode_batch(words, add_special_tokens=False)
+            lengths.append(np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings)))
+            ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32,
+                                   count=int(lengths[-1].sum())))
+        offsets = np.zeros(count + 2, dtype=np.int64)  # number n: ids[offsets[n]:offsets[n + 1]]
+        offsets[2:] = np.cumsum(np.concatenate(lengths))
+        self._numbers = offsets, np.concatenate(ids)
+
+    def _number_pieces(self, word: str) -> list[int] | None:
+        """The pieces of a canonical item number from ``index_numbers``' table (None: not one)."""
+        if self._numbers is None or not (word.isascii() and word.isdigit()) or word[0] == "0":
+            return None
+        offsets, ids = self._numbers
+        number = int(word)
+        return ids[offsets[number]:offsets[number + 1]].tolist() if number < len(offsets) - 1 else None
 
     def _special(self, token: str) -> int:
         index = self.tokenizer.token_to_id(token)
@@ -148,6 +178,15 @@ class TextCodec:
         if len(cache) > WORD_CACHE_ENTRIES:  # a fixed bound, whatever the number of users and items
             cache.clear()
         missing = list({word for words in split for word in words if word not in cache})
+        if missing and self._numbers is not None:
+            unknown = []
+            for word in missing:
+                pieces = self._number_pieces(word)
+                if pieces is None:
+                    unknown.append(word)
+                else:
+                    cache[word] = pieces
+            missing = unknown
         if missing:
             for word, encoding in zip(missing, self.tokenizer.encode_batch(missing, add_special_tokens=False)):
                 cache[word] = encoding.ids
