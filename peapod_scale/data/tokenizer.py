@@ -76,7 +76,7 @@ class TextCodec:
         self._words_are_local: bool | None = None  # None: not yet checked against the tokenizer
         self._numbers: tuple[np.ndarray, np.ndarray] | None = None  # pieces of "1".."N": (offsets, ids)
 
-    def index_numbers(self, count: int, chunk: int = 65_536) -> None:
+    def index_numbers(self, count: int, chunk: int = 4096) -> None:
         """Tokenize the item numbers 1..count once into two flat arrays (~12 B per item).
 
         Item numbers are most of the words of a prompt (a history, a candidate list), and a catalog of
