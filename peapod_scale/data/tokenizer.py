@@ -56,11 +56,11 @@ def train_tokenizer(dataset_dir: Path, manifest: dict, vocab_size: int | None = 
     return TOKENIZER_FILE
 
 
-# Words kept by the word cache of one process (~200 B each: ~27 MB). The cache holds every distinct
-# user and item word it meets, so without a tight bound a worker's memory grows with the id space (a million
-# entries measured 207 MB). Template words and popular items are re-cached at once after a clear, so the hit
-# rate stays high.
-WORD_CACHE_ENTRIES = 1 << 17
+# Words kept by the word cache of one process (~200 B each: ~7 MB). Item numbers come from the table of
+# ``index_numbers`` instead; the cache holds template words and user words, and a bound this low is full at
+# every dataset size, so a worker's memory does not grow with the number of users (a million entries
+# measured 207 MB). Template words are re-cached at once after a clear.
+WORD_CACHE_ENTRIES = 1 << 15
 
 
 class TextCodec:
@@ -177,21 +177,19 @@ class TextCodec:
         cache = self._word_pieces
         if len(cache) > WORD_CACHE_ENTRIES:  # a fixed bound, whatever the number of users and items
             cache.clear()
-        missing = list({word for words in split for word in words if word not in cache})
-        if missing and self._numbers is not None:
-            unknown = []
-            for word in missing:
-                pieces = self._number_pieces(word)
-                if pieces is None:
-                    unknown.append(word)
-                else:
-                    cache[word] = pieces
-            missing = unknown
+        numbers: dict[str, list[int]] = {}  # this batch's item numbers: the table is their cache, not the dict
+        missing = []
+        for word in {word for words in split for word in words if word not in cache}:
+            pieces = self._number_pieces(word)
+            if pieces is None:
+                missing.append(word)
+            else:
+                numbers[word] = pieces
         if missing:
             for word, encoding in zip(missing, self.tokenizer.encode_batch(missing, add_special_tokens=False)):
                 cache[word] = encoding.ids
         words_per_text = np.fromiter((len(words) for words in split), dtype=np.int64, count=len(split))
-        pieces = [cache[word] for words in split for word in words]
+        pieces = [numbers[word] if word in numbers else cache[word] for words in split for word in words]
         counts = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
         ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=int(counts.sum()))
         first_word = np.cumsum(words_per_text) - words_per_text
