@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.initialization import no_init_weights
 
 from .zero import initialize_weights
 
@@ -98,10 +99,12 @@ def untie_lm_head(model: T5ForConditionalGeneration, keep_values: bool = False) 
 
 def new_backbone(config: T5Config) -> T5ForConditionalGeneration:
     """A randomly initialised backbone with the released tying (works on the meta device and under zero.Init)."""
-    # zero.Init's construction draws from the RNG differently from a plain one, so the weights come from
-    # a second init pass started from a seed drawn before construction: identical with or without ZeRO-3.
+    # Built without any init (under zero.Init Hugging Face's would write into empty placeholders), then
+    # initialised once by our own pass from a seed drawn here: identical weights with or without ZeRO-3.
     seed = int(torch.randint(0, 2**62, (), device="cpu"))
-    backbone = T5ForConditionalGeneration(config)
+    with no_init_weights():
+        backbone = T5ForConditionalGeneration(config)
+    backbone.tie_weights()  # init_weights, which no_init_weights skips, also ties the embeddings
     torch.manual_seed(seed)
     initialize_weights(backbone)
     return untie_lm_head(backbone)
