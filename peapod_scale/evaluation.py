@@ -62,6 +62,16 @@ def _is_valid_answer(item: int | None, row: dict, task: str, num_items: int) -> 
     return task != "topn" or item == row["target"] or item in row["negatives"]
 
 
+def _scored(answers: Sequence[str], row: dict, task: str, num_items: int) -> tuple[int, int | None, int]:
+    """(user, rank of the target, invalid answers) for one row's returned beams, best first.
+
+    An answer that is not a valid item becomes None: a miss at its position (see ``metrics.hit_rank``).
+    """
+    items = [parse_item(text) for text in answers]
+    ranked = [item if _is_valid_answer(item, row, task, num_items) else None for item in items]
+    return row["user"], metrics.hit_rank(ranked, row["target"]), ranked.count(None)
+
+
 @torch.no_grad()
 def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *, batch_size: int,
                 num_beams: int, max_new_tokens: int, show_progress: bool, num_batches: int | None = None,
@@ -84,9 +94,7 @@ def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *,
                                    early_stopping=True, synced_gpus=synced)
         texts = batcher.codec.decode(generated.tolist())
         for i, row in enumerate(chunk):
-            ranked = [parse_item(t) for t in texts[i * returned : (i + 1) * returned]]
-            invalid = sum(not _is_valid_answer(item, row, task, batcher.num_items) for item in ranked)
-            out.append((row["user"], metrics.hit_rank(ranked, row["target"]), invalid))
+            out.append(_scored(texts[i * returned : (i + 1) * returned], row, task, batcher.num_items))
     return out
 
 

@@ -9,13 +9,23 @@ CUTOFFS = (1, 5, 10)
 
 
 def hit_rank(ranked: Sequence[int | None], target: int) -> int | None:
-    """0-based position of ``target`` among the distinct items of ``ranked``; None if absent."""
-    seen: list[int] = []
+    """0-based rank of ``target`` in ``ranked``; None if absent.
+
+    ``None`` marks an answer that is not a valid item: it is a miss that keeps its place, so it uses
+    up a rank slot (dropping it would move the answers behind it up and inflate HR@1/5 and NDCG, and
+    make unconstrained numbers incomparable with constrained ones, which never have such answers).
+    A valid item already ranked above is the same answer again: it counts once and takes no slot.
+    """
+    seen: set[int] = set()
+    position = 0
     for item in ranked:
-        if item is not None and item not in seen:
+        if item is not None:
+            if item in seen:
+                continue
             if item == target:
-                return len(seen)
-            seen.append(item)
+                return position
+            seen.add(item)
+        position += 1
     return None
 
 

@@ -5,9 +5,13 @@ import pytest
 from peapod_scale import metrics
 
 
-def test_hit_rank_skips_unparsable_and_duplicate_items():
-    assert metrics.hit_rank([None, 7, 7, 3, 9], target=9) == 2  # distinct parsed items: 7, 3, 9
+def test_hit_rank_keeps_invalid_answers_in_place_and_counts_repeats_once():
+    assert metrics.hit_rank([None, 7, 7, 3, 9], target=9) == 3  # slots: invalid, 7, 3, 9 (the second 7 is no new answer)
+    assert metrics.hit_rank([None, None, 9], target=9) == 2
+    assert metrics.hit_rank([7, None, 7, None, 9], target=9) == 3  # repeats count once, invalid answers each once
+    assert metrics.hit_rank([9, 9], target=9) == 0
     assert metrics.hit_rank([1, 2, 3], target=4) is None
+    assert metrics.hit_rank([], target=4) is None
 
 
 def test_summarize_matches_hand_computed_values():

@@ -4,15 +4,13 @@ import pytest
 import torch
 
 from peapod_scale.data.batches import TaskBatcher, evaluation_candidates
-from peapod_scale.data.prepare import prepare_dataset
-from peapod_scale.data.stream import read_manifest, read_rows
+from peapod_scale.data.stream import read_rows
 from peapod_scale.data.templates import parse_item
-from peapod_scale.data.tokenizer import load_codec
 from peapod_scale.evaluation import evaluate
 from peapod_scale.model.constraints import AnswerConstraints, AnswerTrie, PrefixConstraint
 from peapod_scale.model.peapod import PeaPOD, PeaPODConfig
 
-from test_data_user_similarity import synthetic_ratings, write_udata
+from test_evaluation import prepare_small
 
 BEAMS = 6
 
@@ -30,12 +28,7 @@ def test_trie_follows_answers_and_stops_outside_them():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("constrained")
-    data = root / "data"
-    prepare_dataset("movielens", str(write_udata(root, synthetic_ratings(users=12, items=40))), str(data),
-                    num_negatives=9, num_neighbors=0)
-    manifest = read_manifest(data)
-    codec = load_codec(data)
+    data, manifest, codec = prepare_small(tmp_path_factory.mktemp("constrained"), users=12)
     torch.manual_seed(3)
     config = PeaPODConfig(num_users=manifest["counts"]["users"], pool_size=4, user_dim=8, key_dim=8)
     model = PeaPOD.from_preset("tiny", codec.vocab_size, config, dropout_rate=0.0).eval()

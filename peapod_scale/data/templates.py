@@ -33,6 +33,13 @@ def item_target(item: int) -> str:
 
 
 def parse_item(text: str) -> int | None:
-    """The item number a generation names, or None (an unparsable generation counts as a miss)."""
+    """The item number a generation names, or None (it then counts as a miss at its rank).
+
+    Only the canonical spelling ``item_target`` writes is an answer: ASCII digits without a leading
+    zero. ``str.isdigit`` alone also accepts digits such as "²" (which ``int`` refuses) and "007"
+    (which would name item 7 through a spelling the model was never taught).
+    """
     text = text.strip()
-    return int(text) if text.isdigit() else None
+    if not (text.isascii() and text.isdigit()) or (text[0] == "0" and len(text) > 1):
+        return None
+    return int(text)
