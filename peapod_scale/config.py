@@ -50,6 +50,9 @@ class TrainConfig:
     tau: float = _opt(1.0, "gating softmax temperature")
     user_dim: int = _opt(64, "user embedding width")
     task_prompt_length: int = _opt(3, "tokens per task prompt")
+    precision: str = _opt("auto", "training precision: auto (bf16 on GPUs that support it, else fp16 with dynamic loss "
+                                  "scaling; fp32 on CPU), bf16, fp16 or fp32; an explicit choice wins over the "
+                                  "DeepSpeed config", choices=["auto", "bf16", "fp16", "fp32"])
     compose: str = _opt("auto", "prompt composition op: auto (Triton on CUDA, torch on CPU), triton or torch",
                         choices=["auto", "triton", "torch"])
     shuffle_buffer: int = _opt(65_536, "rows shuffled together: row groups are read and permuted in windows of this size")

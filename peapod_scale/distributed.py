@@ -27,6 +27,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list ('gpu[03-05,07],cpu1' -> 'gpu03'); scontrol when present."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("scontrol"):
+        done = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.split()[0]
+    head = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if head is None:
+        raise ValueError(f"SLURM_JOB_NODELIST={nodelist!r}: cannot read its first host")
+    prefix, ranges = head.groups()
+    return prefix if ranges is None else prefix + ranges.split(",")[0].split("-")[0]
+
+
+def job_port(job_id: str) -> int:
+    """A rendezvous port derived from the job id, so that two jobs sharing a node do not collide."""
+    return 15000 + int(job_id or 0) % 20000
+
+
 def discover(local_rank_arg: int = -1) -> DistInfo:
     """Ranks from the launcher's environment; SLURM's variables when srun started us directly."""
     env = os.environ
@@ -34,6 +56,8 @@ def discover(local_rank_arg: int = -1) -> DistInfo:
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
         env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
         env.setdefault("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
+        env.setdefault("MASTER_ADDR", first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
+        env.setdefault("MASTER_PORT", str(job_port(env.get("SLURM_JOB_ID", "0"))))
     if "RANK" not in env:  # a plain `python train.py`: one rank
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -44,19 +68,79 @@ def discover(local_rank_arg: int = -1) -> DistInfo:
     return DistInfo(int(env["RANK"]), world_size, local_rank, local_world)
 
 
-def setup(local_rank_arg: int = -1) -> DistInfo:
-    """Pick the accelerator, cap CPU threads per rank, and start the process group (NCCL or gloo)."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def use_cuda() -> bool:
+    """The one rule for whether this process computes on CUDA: a GPU is visible and DS_ACCELERATOR is not 'cpu'.
+
+    Tests (and CPU-only jobs on GPU hosts) set DS_ACCELERATOR=cpu: DeepSpeed then runs on the CPU, so the
+    process group, the precision and the model's device must all follow it, not torch.cuda.is_available().
+    """
+    return torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "").lower() not in ("cpu",)
+
+
+def process_group_backend() -> str:
+    return "nccl" if use_cuda() else "gloo"
+
+
+def setup(local_rank_arg: int = -1) -> tuple[DistInfo, "HostCollectives"]:
+    """Pick the accelerator, cap CPU threads per rank, start the process group (NCCL or gloo)."""
+    if not use_cuda():
+        os.environ["DS_ACCELERATOR"] = "cpu"
     info = discover(local_rank_arg)
     if "OMP_NUM_THREADS" not in os.environ:  # the deepspeed launcher leaves it unset: ranks would fight
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, info.local_world_size)))
-    if torch.cuda.is_available():
+    if use_cuda():
         torch.cuda.set_device(info.local_rank)
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    return info
+    deepspeed.init_distributed(dist_backend=process_group_backend())
+    return info, HostCollectives.for_world(info.world_size)
+
+
+class HostCollectives:
+    """Every collective of the package on host values (metrics, losses, flags), in one place.
+
+    NCCL takes CUDA tensors only ("No backend type associated with device type cpu"), so host values are
+    reduced over a gloo group made once beside the main group whenever the main backend cannot take CPU
+    tensors. Chosen over moving them to the GPU because these values live on the host anyway: a GPU round
+    trip would cost a copy and a host-device sync each time; chosen over a "cpu:gloo,cuda:nccl" world
+    group so that the main group stays the plain 'nccl' one DeepSpeed is written and tested against.
+    """
+
+    def __init__(self, world_size: int, group=None):
+        self.world_size, self.group = world_size, group
+
+    @classmethod
+    def for_world(cls, world_size: int) -> "HostCollectives":
+        """Call on every rank after the process group exists (new_group is itself a collective)."""
+        if world_size <= 1 or not torch.distributed.is_initialized():
+            return cls(world_size)
+        backend = str(torch.distributed.get_backend())
+        takes_cpu = "cpu" in torch.distributed.Backend.backend_capability.get(backend, ["cpu"])
+        return cls(world_size, None if takes_cpu else torch.distributed.new_group(backend="gloo"))
+
+    def _reduce(self, values: list[float], op) -> list[float]:
+        packed = torch.tensor(values, dtype=torch.float64)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(packed, op=op, group=self.group)
+        return packed.tolist()
+
+    def sum(self, values: list[float]) -> list[float]:
+        return self._reduce(values, torch.distributed.ReduceOp.SUM)
+
+    def max(self, values: list[float]) -> list[float]:
+        return self._reduce(values, torch.distributed.ReduceOp.MAX)
+
+    def gather_objects(self, obj) -> list:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if self.world_size <= 1:
+            return [obj]
+        gathered = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, obj, group=self.group)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier(group=self.group)
 
 
 def progress_interval() -> float:
@@ -77,10 +161,10 @@ def setup_inference() -> DistInfo:
         return DistInfo(0, 1, 0, 1)
     info = discover()
     if info.world_size > 1 and not torch.distributed.is_initialized():
-        if torch.cuda.is_available():
+        if use_cuda():
             torch.cuda.set_device(info.local_rank)
         if "OMP_NUM_THREADS" not in env:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, info.local_world_size)))
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+        torch.distributed.init_process_group(process_group_backend(),
                                              rank=info.rank, world_size=info.world_size)
     return info

@@ -12,8 +12,32 @@ from pathlib import Path
 import torch
 
 
+# fp16 needs a loss scale: dynamic, starting at 2^16 and halved on overflow (DeepSpeed's "loss_scale": 0).
+DYNAMIC_LOSS_SCALE = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,
+                      "min_loss_scale": 1}
+
+
+def choose_precision(requested: str, *, cuda: bool, bf16_supported: bool) -> str:
+    """``--precision``: an explicit bf16 / fp16 / fp32 wins; auto is bf16 on GPUs that have it, fp16 on older
+    GPUs (pre-Ampere), fp32 on CPU."""
+    if requested not in ("auto", "bf16", "fp16", "fp32"):
+        raise ValueError(f"--precision {requested}: choose auto, bf16, fp16 or fp32")
+    if requested == "fp16" and not cuda:
+        raise ValueError("--precision fp16: DeepSpeed's CPU accelerator has no fp16 training; use bf16 or fp32 on CPU")
+    if requested != "auto":
+        return requested
+    if not cuda:
+        return "fp32"
+    return "bf16" if bf16_supported else "fp16"
+
+
 def resolve(path: str | Path, *, world_size: int, micro_batch_size: int | None, grad_accum: int | None,
-            lr: float | None) -> dict:
+            lr: float | None, precision: str = "auto", cuda: bool | None = None,
+            bf16_supported: bool | None = None) -> dict:
+    """The concrete config: batch sizes, learning rate and precision (``cuda`` / ``bf16_supported``: the
+    device's, by default this process's, see ``distributed.use_cuda``)."""
+    from .distributed import use_cuda
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"DeepSpeed config {path} not found (the repository ships ds_configs/z1|z2|z3|z3_offload.json)")
@@ -34,9 +58,12 @@ def resolve(path: str | Path, *, world_size: int, micro_batch_size: int | None, 
         raise ValueError(f"{path}: field 'train_batch_size' is {given} but micro batch x accumulation x world size = {expected}; "
                          "remove it (the trainer computes it) or make them agree")
     config["train_batch_size"] = expected
-    cuda = torch.cuda.is_available()
-    config["bf16"] = {**config.get("bf16", {}), "enabled": cuda and bool(config.get("bf16", {}).get("enabled", True))}
-    config.pop("fp16", None)
+    cuda = use_cuda() if cuda is None else cuda
+    if bf16_supported is None:
+        bf16_supported = cuda and torch.cuda.is_bf16_supported()
+    chosen = choose_precision(precision, cuda=cuda, bf16_supported=bf16_supported)
+    config["bf16"] = {**config.get("bf16", {}), "enabled": chosen == "bf16"}
+    config["fp16"] = {**DYNAMIC_LOSS_SCALE, **config.get("fp16", {}), "enabled": chosen == "fp16"}
     optimizer = config.setdefault("optimizer", {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}})
     if lr is not None:
         optimizer.setdefault("params", {})["lr"] = lr

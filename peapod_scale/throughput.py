@@ -17,6 +17,7 @@ multiply-add of the matrix products, on the padded shapes the hardware actually 
   forward = 2 B (N_e S_e + (N_d - K) S_d + K S_e + d V S_d)       weight matrices
           + 4 B a (l_e S_e^2 + l_d S_d^2 + l_d S_d S_e)           scores QK^T and the weighted sum AV
   train   = 3 x forward                                           (backward = 2 x forward)
+          = 2 x forward with --train prompts                      (no weight gradients in the backbone)
 
 Embedding lookups, the gating softmax of the prompt pool and norms are left out (they are O(B S d)).
 Activation checkpointing recomputes the forward, but MFU counts model FLOPs, so it stays 3 x forward.
@@ -30,36 +31,44 @@ import sys
 import time
 
 import torch
-import torch.distributed as dist
 
-# Dense bf16 tensor-core peak, FLOP/s, from the vendors' data sheets (without 2:4 sparsity).
+from .distributed import use_cuda
+
+# Dense bf16 tensor-core peak, FLOP/s, from the vendors' data sheets (without 2:4 sparsity), keyed by the exact
+# name torch.cuda.get_device_name() reports: a near match (an H200 NVL is not an H200) would give a wrong MFU.
 PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H100": 989e12,  # SXM
-    "A100": 312e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA H200 NVL": 835e12,
+    "NVIDIA GH200 480GB": 989e12,
+    "NVIDIA H100 80GB HBM3": 989e12,  # SXM
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12,
 }
 
 
 def device_peak_flops(name: str | None = None) -> float | None:
-    """Peak dense bf16 FLOP/s of a CUDA device by its name; None on CPU or for an unknown device."""
+    """Peak dense bf16 FLOP/s of a CUDA device by its exact name; None on CPU or for a device not in the table."""
     if name is None:
-        if not torch.cuda.is_available():
+        if not use_cuda():
             return None
         name = torch.cuda.get_device_name()
-    for key, flops in PEAK_BF16_FLOPS.items():  # most specific names first
-        if key in name:
-            return flops
-    return None
+    return PEAK_BF16_FLOPS.get(name.strip())
 
 
 def _block_params(stack) -> int:
     return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for n, p in stack.block.named_parameters())
 
 
-def flop_counter(t5) -> "callable":
-    """``count(batch_size, encoder_len, decoder_len) -> FLOPs`` of one training micro-step of ``t5``."""
+def flop_counter(t5, trains_backbone: bool = True) -> "callable":
+    """``count(batch_size, encoder_len, decoder_len) -> FLOPs`` of one training micro-step of ``t5``.
+
+    A frozen backbone (``--train prompts``) still back-propagates through every layer to the prompts, but
+    computes no weight gradients: its backward is one forward's worth of products, not two.
+    """
     config = t5.config
     n_enc, n_dec = _block_params(t5.encoder), _block_params(t5.decoder)
     inner = config.num_heads * config.d_kv
@@ -72,17 +81,41 @@ def flop_counter(t5) -> "callable":
         forward = 2 * (n_enc * encoder_len + (n_dec - cross_kv) * decoder_len + cross_kv * encoder_len
                        + d * vocab * decoder_len)
         forward += 4 * inner * (l_e * encoder_len ** 2 + l_d * decoder_len ** 2 + l_d * decoder_len * encoder_len)
-        return 3.0 * batch_size * forward
+        return (3.0 if trains_backbone else 2.0) * batch_size * forward
 
     return count
 
 
+def _rss_high_water_bytes() -> int:
+    """The process's peak resident set since the last ``reset_peak_memory`` (Linux VmHWM), else since start."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
 def peak_memory_bytes() -> tuple[str, int]:
     """('cuda', max allocated) on GPU, else ('rss', the process's peak resident set size)."""
-    if torch.cuda.is_available():
+    if use_cuda():
         return "cuda", int(torch.cuda.max_memory_allocated())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return "rss", int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+    return "rss", _rss_high_water_bytes()
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak, so a window's figure is its own (not a validation's beam search long before)."""
+    if use_cuda():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass
 
 
 class StepMeter:
@@ -96,7 +129,7 @@ class StepMeter:
 
     def __init__(self, flops_of_batch=None):
         self.flops_of_batch = flops_of_batch
-        self.cuda = torch.cuda.is_available()
+        self.cuda = use_cuda()
         self.reset()
 
     def reset(self) -> None:
@@ -104,6 +137,7 @@ class StepMeter:
         self.samples = self.tokens = self.flops = 0.0
         self.steps = 0
         self.start = self._last = time.perf_counter()
+        reset_peak_memory()
 
     def phase(self, name: str) -> None:
         """Close the phase ``name`` (the time since the previous call)."""
@@ -129,16 +163,17 @@ class StepMeter:
                 self.flops += self.flops_of_batch(batch_size, batch["input_ids"].shape[1] + prompt_tokens,
                                                   batch["labels"].shape[1])
 
-    def summary(self, world_size: int) -> dict[str, float]:
-        """Stable scalar names -> values: global sums over ranks, per-rank means, max peak memory."""
+    def summary(self, collectives) -> dict[str, float]:
+        """Stable scalar names -> values: global sums over ranks, per-rank means, max peak memory.
+
+        ``collectives``: the trainer's ``distributed.HostCollectives`` (these are host values).
+        """
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         kind, peak = peak_memory_bytes()
-        totals = torch.tensor([self.samples, self.tokens, self.flops], dtype=torch.float64)
-        peak_tensor = torch.tensor([float(peak)], dtype=torch.float64)
-        if world_size > 1:
-            dist.all_reduce(totals)
-            dist.all_reduce(peak_tensor, op=dist.ReduceOp.MAX)
-        samples, tokens, flops = totals.tolist()
+        world_size = collectives.world_size
+        totals = collectives.sum([self.samples, self.tokens, self.flops])
+        (peak_bytes,) = collectives.max([float(peak)])
+        samples, tokens, flops = totals
         steps = max(self.steps, 1)
         out = {
             "throughput/samples_per_s": samples / elapsed,
@@ -147,7 +182,7 @@ class StepMeter:
             "throughput/tokens_per_s_per_rank": tokens / world_size / elapsed,
             "time/step_s": elapsed / steps,
             **{f"time/{name}_s": self.seconds[name] / steps for name in self.PHASES},
-            "memory/peak_gib": peak_tensor.item() / 2**30,
+            "memory/peak_gib": peak_bytes / 2**30,
         }
         peak_flops = device_peak_flops()
         if peak_flops is not None and self.flops_of_batch is not None:

@@ -64,7 +64,7 @@ class Trainer:
         import deepspeed
 
         self.cfg = cfg
-        self.dist = distributed.setup(cfg.local_rank)
+        self.dist, self.collectives = distributed.setup(cfg.local_rank)
         torch.manual_seed(cfg.seed)
         self.run_dir = Path(cfg.output)
         self.manifest = read_manifest(cfg.data)
@@ -78,7 +78,8 @@ class Trainer:
         self.stream = None  # the training stream, once train() made it; its position goes into every checkpoint
         self.codec = load_codec(cfg.data, cfg.model)
         self.ds_config = ds_config.resolve(cfg.deepspeed, world_size=self.dist.world_size,
-                                           micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr)
+                                           micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
+                                           precision=cfg.precision)
         # At ZeRO-3 the model is partitioned while it is built (deepspeed.zero.Init): no rank holds it whole.
         model = build_model(cfg, self.manifest["counts"]["users"], self.codec.vocab_size, ds_config=self.ds_config)
         if cfg.activation_checkpointing:  # non-reentrant: also right when the prompt-side inputs need no grad
@@ -103,9 +104,10 @@ class Trainer:
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
             write_json_atomic(self.run_dir / "config.json", {"train": dataclasses.asdict(cfg), "deepspeed": self.ds_config,
                                                               "world_size": self.dist.world_size})
-            self.log(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, ZeRO stage "
+            self.log(f"{sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters()) / 1e6:.2f} M parameters, ZeRO stage "
                      f"{ds_config.zero_stage(self.ds_config)}, {self.dist.world_size} rank(s), global batch "
-                     f"{self.ds_config['train_batch_size']}, precision {ds_config.precision(self.ds_config)}, "
+                     f"{self.ds_config['train_batch_size']}, precision {ds_config.precision(self.ds_config)} "
+                     f"(--precision {cfg.precision}), "
                      f"offload {ds_config.offload(self.ds_config) or 'none'}, activation checkpointing "
                      f"{'on' if cfg.activation_checkpointing else 'off'}")
             if ds_config.offload(self.ds_config) and self.ds_config["optimizer"].get("params", {}).get("torch_adam"):
@@ -120,10 +122,8 @@ class Trainer:
 
     def _reduce_task_losses(self, sums: dict[str, list[float]]) -> dict[str, float]:
         tasks = self.cfg.task_list()
-        packed = torch.tensor([sums[t][0] for t in tasks] + [sums[t][1] for t in tasks], dtype=torch.float64)
-        if self.dist.world_size > 1:
-            dist.all_reduce(packed)
-        return {t: (packed[i] / packed[len(tasks) + i]).item() for i, t in enumerate(tasks) if packed[len(tasks) + i] > 0}
+        packed = self.collectives.sum([float(sums[t][0]) for t in tasks] + [sums[t][1] for t in tasks])
+        return {t: packed[i] / packed[len(tasks) + i] for i, t in enumerate(tasks) if packed[len(tasks) + i] > 0}
 
     def train(self) -> None:
         cfg, engine = self.cfg, self.engine
@@ -138,12 +138,13 @@ class Trainer:
         progress = tqdm(total=cfg.max_steps, initial=engine.global_steps, desc="train", disable=not self.dist.is_main,
                         dynamic_ncols=True, mininterval=progress_interval())
         module = engine.module
-        meter = StepMeter(flop_counter(module.t5))
+        meter = StepMeter(flop_counter(module.t5, trains_backbone=cfg.train == "all"))
         micro_step = 0
         engine.train()
         while engine.global_steps < cfg.max_steps:
             task, batch = next(batches)  # one task per optimizer step, the same on every rank (data/tasks.py)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            meter.count(batch, module.config.prompt_tokens)  # on the host copy: no device sync
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             meter.phase("data")
             loss = engine(**batch).loss
             meter.phase("forward")
@@ -151,9 +152,8 @@ class Trainer:
             meter.phase("backward")
             engine.step()
             meter.phase("optimizer")
-            meter.count(batch, module.config.prompt_tokens)
             micro_step += 1
-            sums[task][0] += loss.item()
+            sums[task][0] += loss.detach()  # stays on the device until a log step reduces it
             sums[task][1] += 1
             if micro_step % engine.gradient_accumulation_steps():  # (the engine's boundary flag already looks ahead)
                 continue
@@ -169,7 +169,7 @@ class Trainer:
                 grad_norm = engine.get_global_grad_norm()
                 if grad_norm is not None:
                     scalars["grad_norm"] = float(grad_norm)
-                scalars.update(meter.summary(self.dist.world_size))
+                scalars.update(meter.summary(self.collectives))
                 progress.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.2e}")
                 self._scalars(step, scalars)
                 self.log(log_line(step, scalars))
@@ -225,8 +225,7 @@ class Trainer:
             tag = f"best-step{step}"
             self.engine.save_checkpoint(str(self.run_dir / "checkpoints"), tag=tag, save_latest=False,
                                         client_state=self._client_state())
-            if self.dist.world_size > 1:
-                dist.barrier()
+            self.collectives.barrier()
             if self.dist.is_main:
                 write_json_atomic(self.run_dir / "best.json", {"tag": tag, "step": step, "metric": self.cfg.best_metric,
                                                                 "value": value})
@@ -269,8 +268,7 @@ class Trainer:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             self.log(f"saved checkpoint to {self.run_dir / 'checkpoints'} and model to {final}")
-        if self.dist.world_size > 1:
-            dist.barrier()
+        self.collectives.barrier()
 
     def evaluate(self) -> dict | None:
         """The final evaluation on --eval-split (after ``restore_best``: of the best model)."""

@@ -9,10 +9,10 @@ REPO_CONFIGS = ["ds_configs/z1.json", "ds_configs/z2.json", "ds_configs/z3.json"
 
 @pytest.mark.parametrize("path", REPO_CONFIGS)
 def test_shipped_configs_resolve_to_concrete_values(path):
-    config = ds_config.resolve(path, world_size=4, micro_batch_size=None, grad_accum=None, lr=None)
+    config = ds_config.resolve(path, world_size=4, micro_batch_size=None, grad_accum=None, lr=None, cuda=False)
     assert config["train_batch_size"] == config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * 4
     assert "auto" not in json.dumps(config)
-    assert config["bf16"]["enabled"] is False  # no CUDA here: fp32
+    assert config["bf16"]["enabled"] is False and config["fp16"]["enabled"] is False  # CPU: fp32
 
 
 def test_command_line_overrides_batch_and_lr(tmp_path):
@@ -40,10 +40,41 @@ def test_auto_values_and_broken_json_name_the_file(tmp_path):
 
 
 def test_precision_and_offload_are_reported():
-    offload = ds_config.resolve("ds_configs/z3_offload.json", world_size=2, micro_batch_size=None, grad_accum=None, lr=None)
+    offload = ds_config.resolve("ds_configs/z3_offload.json", world_size=2, micro_batch_size=None, grad_accum=None,
+                                lr=None, cuda=False)
     assert ds_config.offload(offload) == "optimizer+params" and ds_config.zero_stage(offload) == 3
     assert ds_config.offload(ds_config.resolve("ds_configs/z2.json", world_size=2, micro_batch_size=None,
                                                grad_accum=None, lr=None)) == ""
-    assert ds_config.precision(offload) == "fp32"  # no CUDA here
+    assert ds_config.precision(offload) == "fp32"  # CPU
     assert ds_config.precision({"bf16": {"enabled": True}}) == "bf16"
     assert ds_config.precision({"fp16": {"enabled": True}}) == "fp16"
+
+
+def _precision(**kwargs) -> str:
+    return ds_config.precision(ds_config.resolve("ds_configs/z2.json", world_size=1, micro_batch_size=None,
+                                                 grad_accum=None, lr=None, **kwargs))
+
+
+def test_auto_precision_follows_the_device_not_the_host_running_the_test():
+    assert _precision(cuda=True, bf16_supported=True) == "bf16"
+    assert _precision(cuda=True, bf16_supported=False) == "fp16"  # pre-Ampere: fp16 with a dynamic loss scale
+    assert _precision(cuda=False, bf16_supported=False) == "fp32"
+    fp16 = ds_config.resolve("ds_configs/z2.json", world_size=1, micro_batch_size=None, grad_accum=None, lr=None,
+                             cuda=True, bf16_supported=False)["fp16"]
+    assert fp16["enabled"] and fp16["loss_scale"] == 0  # 0 = dynamic in DeepSpeed
+
+
+def test_an_explicit_precision_wins_and_fp16_on_cpu_is_refused():
+    assert _precision(precision="fp32", cuda=True, bf16_supported=True) == "fp32"
+    assert _precision(precision="bf16", cuda=False) == "bf16"  # DeepSpeed's CPU accelerator trains bf16
+    assert _precision(precision="fp16", cuda=True, bf16_supported=True) == "fp16"
+    with pytest.raises(ValueError, match="--precision fp16"):
+        _precision(precision="fp16", cuda=False)
+
+
+def test_ds_accelerator_cpu_decides_even_with_a_gpu_visible(monkeypatch):
+    from peapod_scale import distributed
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    assert distributed.use_cuda() is False
+    assert _precision() == "fp32"

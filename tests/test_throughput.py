@@ -3,6 +3,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5Config, T5ForConditionalGeneration
 
 from peapod_scale import throughput
+from peapod_scale.distributed import HostCollectives
 
 
 def test_flop_formula_matches_torch_flop_counter_on_a_training_step():
@@ -36,8 +37,31 @@ def test_step_meter_counts_samples_tokens_and_phases():
     meter.count(batch, prompt_tokens=3)
     meter.steps += 1
     assert (meter.samples, meter.tokens, meter.flops) == (2, 5 + 6 + 3, 1.0)
-    summary = meter.summary(world_size=1)
+    summary = meter.summary(HostCollectives(world_size=1))
     assert {"throughput/samples_per_s", "throughput/tokens_per_s_per_rank", "time/data_s", "time/optimizer_s",
             "memory/peak_gib"} <= set(summary)
     assert summary["memory/peak_gib"] > 0
     assert meter.samples == 0  # the window starts again
+
+
+def test_peak_memory_is_per_window_not_since_the_start():
+    meter = throughput.StepMeter()
+    block = bytearray(256 * 2**20)  # a 256 MiB spike in the first window (a validation's beam search, say)
+    block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it is resident
+    del block  # gone before the window closes, as a validation's cache is
+    first = meter.summary(HostCollectives(world_size=1))["memory/peak_gib"]
+    second = meter.summary(HostCollectives(world_size=1))["memory/peak_gib"]
+    assert first - second > 0.2  # the second window does not carry the first one's peak
+
+
+def test_a_frozen_backbone_counts_one_backward_product_not_two():
+    config = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(config)
+    full, prompts = throughput.flop_counter(model), throughput.flop_counter(model, trains_backbone=False)
+    assert prompts(4, 10, 3) / full(4, 10, 3) == 2 / 3
+
+
+def test_peak_flops_match_device_names_exactly():
+    assert throughput.device_peak_flops("NVIDIA H200 NVL") == 835e12  # not the SXM H200's 989e12
+    assert throughput.device_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert throughput.device_peak_flops("NVIDIA H800") is None  # unknown: MFU is not reported

@@ -1,0 +1,82 @@
+"""Process-group rules that must hold on GPU clusters, checked on CPU with real ranks."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from peapod_scale import distributed
+
+# Two real ranks whose world group takes CUDA tensors only, as NCCL does: a backend registered with
+# devices=["cuda"] (gloo underneath). A CPU tensor handed to it fails exactly as on a GPU node.
+RANK = textwrap.dedent("""
+    import json, os, sys, types
+    import torch, torch.distributed as dist
+    from torch._C._distributed_c10d import ProcessGroupGloo
+    from peapod_scale.config import TrainConfig
+    from peapod_scale.distributed import HostCollectives
+    from peapod_scale.throughput import StepMeter
+    from peapod_scale.trainer import Trainer
+
+    dist.Backend.register_backend("cudaonly", lambda store, rank, size, timeout: ProcessGroupGloo(store, rank, size, timeout),
+                                  devices=["cuda"])
+    rank = int(sys.argv[1])
+    dist.init_process_group("cudaonly", rank=rank, world_size=2, init_method="tcp://127.0.0.1:" + sys.argv[2])
+    try:
+        dist.all_reduce(torch.ones(1))
+        raw = "ok"
+    except Exception as error:  # what every rank hit at step 20 before HostCollectives
+        raw = str(error)
+    collectives = HostCollectives.for_world(2)
+    cfg = TrainConfig(data="d", output="o", tasks="sequential,topn")
+    losses = Trainer._reduce_task_losses(types.SimpleNamespace(cfg=cfg, collectives=collectives),
+                                         {"sequential": [torch.tensor(2.0 * (rank + 1)), 2], "topn": [0.0, 0]})
+    meter = StepMeter()
+    meter.samples, meter.steps = 10.0 * (rank + 1), 1
+    summary = meter.summary(collectives)
+    gathered = collectives.gather_objects({"rank": rank})
+    collectives.barrier()
+    print(json.dumps({"raw": raw, "losses": losses, "samples": summary["throughput/samples_per_s"] > 0,
+                      "gathered": gathered}))
+    dist.destroy_process_group()
+""")
+
+
+def test_host_reductions_work_on_a_group_that_takes_cuda_tensors_only():
+    port = str(distributed._free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(rank), port], stdout=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    outs = [json.loads(p.communicate(timeout=240)[0].strip().splitlines()[-1]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    for out in outs:
+        assert "No backend type associated with device type cpu" in out["raw"]  # the setup reproduces the crash
+        assert out["losses"] == {"sequential": pytest.approx((2.0 + 4.0) / 4)}  # sums over ranks, topn had no batch
+        assert out["samples"]
+        assert out["gathered"] == [{"rank": 0}, {"rank": 1}]
+
+
+def test_srun_without_a_launcher_gets_a_rendezvous_from_slurm_variables(monkeypatch):
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # discover() writes the variables it derives
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the node list is read by the package itself
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2(x2)")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    info = distributed.discover()
+    assert (info.rank, info.world_size, info.local_rank, info.local_world_size) == (3, 4, 1, 2)
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(distributed.job_port("4242"))
+    assert distributed.job_port("4242") != distributed.job_port("4243")
+
+
+@pytest.mark.parametrize("nodelist, first", [("gpu[03-05,07],cpu1", "gpu03"), ("127.0.0.1,127.0.0.2", "127.0.0.1"),
+                                             ("node7", "node7"), ("a-b[10-12]", "a-b10")])
+def test_first_host_of_a_node_list(monkeypatch, nodelist, first):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert distributed.first_host(nodelist) == first
