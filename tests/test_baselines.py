@@ -1,4 +1,17 @@
+"""Popularity and item-to-item transitions: hand-checked rankings, and on a prepared dataset (through
+evaluate()) proof that they learn from training items only."""
+
+import numpy as np
+import pytest
+
 from peapod_scale.baselines import Popularity, Transitions
+from peapod_scale.data.prepare import prepare_dataset
+from peapod_scale.data.stream import read_manifest, read_rows
+from peapod_scale.data.tokenizer import load_codec
+from peapod_scale.evaluation import evaluate
+
+from test_data_user_similarity import write_udata
+from test_evaluation import ScriptedBeams
 
 SEQUENCES = [[1, 2, 3], [1, 2, 4], [5, 2, 3], [2, 3, 1]]  # 2 is the most popular; 2 -> 3 three times
 
@@ -14,3 +27,44 @@ def test_transitions_follow_the_last_item_and_fall_back_to_popularity():
     assert trans.recommend([7, 2], 3) == [3, 4, 2]  # 2->3 (x3), 2->4 (x1), then the most popular item
     assert trans.recommend([42], 2) == [2, 1]  # unseen last item: pure popularity
     assert trans.rank_candidates([2], [1, 4, 3], 3) == [3, 4, 1]
+
+
+VALID_ITEM, TEST_ITEM = 900, 999
+
+
+def _everyone_ends_on_the_same_two_items(users=30, items=40, seen=20, seed=0):
+    """Each user rates ``seen`` of ``items`` ordinary items, then VALID_ITEM, then TEST_ITEM (last).
+
+    Those two items appear nowhere in training, yet in every user's validation / test row: a baseline
+    that saw them would rank them first for everybody (HR@1 = 1); one that learns from training items
+    only cannot rank them at all.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(1, users + 1):
+        for t, item in enumerate(rng.choice(np.arange(1, items + 1), size=seen, replace=False)):
+            rows.append((user, int(item), 4, 100 + t))
+        rows += [(user, VALID_ITEM, 4, 200), (user, TEST_ITEM, 4, 300)]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def shared_ending(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ending")
+    data = root / "data"
+    prepare_dataset("movielens", str(write_udata(root, _everyone_ends_on_the_same_two_items())), str(data),
+                    num_negatives=15, num_neighbors=0)
+    return data, read_manifest(data), load_codec(data)
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_baselines_never_see_the_validation_or_test_items(shared_ending, split):
+    data, manifest, codec = shared_ending
+    rows = read_rows(data, manifest, split)
+    assert len({r["target"] for r in rows}) == 1 and len(rows) == 30  # the shared item, held out for everybody
+    model = ScriptedBeams(manifest, codec, rows, lambda row, task: [])
+    results = evaluate(model, codec, data, manifest, split=split, batch_size=30, num_beams=2)
+    for task in ("sequential", "topn"):
+        for baseline in ("popularity", "transitions"):
+            # top-N: every negative was rated by some user in training, the held-out item by nobody: ranked last of 16
+            assert set(results[task][baseline].values()) == {0.0}, (split, task, baseline, results[task][baseline])
