@@ -1,14 +1,18 @@
 """The neighbour user prompt (PeaPOD v2), its build from a prepared dataset, and --user-init mf."""
 
+import copy
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from peapod_scale.config import TrainConfig
 from peapod_scale.data.prepare import prepare_dataset
 from peapod_scale.data.user_similarity import read_neighbors, read_user_embeddings
+from peapod_scale.kernels import compose_reference
 from peapod_scale.model.build import build_model
 from peapod_scale.model.peapod import PeaPOD, PeaPODConfig
 
@@ -46,7 +50,7 @@ def test_prompt_is_multi_head_attention_over_the_neighbours():
     user = 3
     u, nbrs = prompt.users.weight[user], prompt.users.weight[prompt.neighbors[user]]
     q, k = prompt.query(u).view(2, 8), prompt.key(nbrs).view(3, 2, 8)
-    v = prompt.value(nbrs).view(3, 3, 64)
+    v = F.linear(nbrs, prompt.value.weight).view(3, 3, 64)  # each neighbour projected to an L x d prompt
     expected = torch.empty(3, 64)
     for h in range(2):
         weights = torch.softmax((k[:, h] @ q[h]) / math.sqrt(8), dim=0)
@@ -74,6 +78,63 @@ def test_gradients_reach_every_trainable_part():
     assert "user_prompt.neighbors" not in trainable
     touched = model.user_prompt.users.weight.grad.abs().sum(1).nonzero().flatten().tolist()
     assert touched == [1, 2, 3, 4, 5, 6, 7]  # users 2, 4 and their neighbours 1, 3 / 5, 6, 7
+
+
+def _projected_values_forward(self, user_ids):
+    """The path before the rewrite: project every neighbour to an L x d prompt, then compose."""
+    logits, neighbor_ids = self.gate_logits(user_ids)
+    values = F.linear(self.users(neighbor_ids), self.value.weight)
+    values = values.view(*neighbor_ids.shape, self.value.prompt_length, -1)  # [B, n, L, d]
+    if values.dtype == torch.float64:  # compose_reference accumulates in fp32: its formula, in fp64
+        weights = torch.softmax(logits / self.tau, dim=-1)
+        head_values = values.view(*values.shape[:-1], self.heads, -1)
+        return torch.einsum("bhn,bnlhe->blhe", weights, head_values).flatten(2)
+    return compose_reference(logits, values, self.tau)
+
+
+def _loss_and_grads(model, batch, labels):
+    model.zero_grad()
+    loss = model(**batch, labels=labels).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, dict(rtol=1e-12, atol=1e-14)),
+                                             (torch.float32, dict(rtol=2e-5, atol=1e-7))])
+@pytest.mark.parametrize("heads,tau", [(1, 1.0), (2, 0.7), (4, 1.3)])
+def test_mixing_embeddings_first_equals_composing_projected_values(heads, tau, dtype, tolerance):
+    """Same loss and same gradient of every parameter as the [B, n, L, d] path (float32: the old code
+    as it was, compose_reference included)."""
+    model = _model(gate_heads=heads, tau=tau).to(dtype)
+    before = copy.deepcopy(model)
+    before.user_prompt.forward = types.MethodType(_projected_values_forward, before.user_prompt)
+    batch = {**_batch(), "user_ids": torch.tensor([2, 7])}  # user 2 has a padding neighbour
+    labels = torch.tensor([[5, 1], [6, 1]])
+    loss, grads = _loss_and_grads(model, batch, labels)
+    loss_before, grads_before = _loss_and_grads(before, batch, labels)
+    torch.testing.assert_close(loss, loss_before, **tolerance)
+    assert grads.keys() == grads_before.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_before[name], **tolerance, msg=lambda m: f"{name}: {m}")
+    users = torch.arange(1, USERS + 1)
+    torch.testing.assert_close(model.user_prompt(users), before.user_prompt(users), **tolerance)
+
+
+def test_no_per_neighbour_prompt_is_kept_for_backward():
+    """Nothing of the [B, n, L, d] size is saved for backward (the old path kept n projected prompts)."""
+    prompt = _model(gate_heads=2).user_prompt
+    users = torch.arange(1, USERS + 1)
+    per_neighbour = len(users) * N * 3 * 64
+    for forward, expect_small in ((prompt.forward, True), (types.MethodType(_projected_values_forward, prompt), False)):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            forward(users)
+        assert (max(saved) < per_neighbour / 2) is expect_small, (saved, per_neighbour)
+
+
+def test_compose_triton_is_refused_for_the_neighbour_prompt():
+    with pytest.raises(ValueError, match="--compose auto or torch"):
+        _model(compose_backend="triton")
 
 
 @pytest.fixture(scope="module")
