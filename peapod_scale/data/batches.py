@@ -11,6 +11,7 @@ whole batch at once and the tokenizer is called once per batch (``TextCodec.enco
 
 from __future__ import annotations
 
+import warnings
 from itertools import chain
 from typing import Mapping, Sequence
 
@@ -63,10 +64,21 @@ def sample_negatives(seen: np.ndarray, num_items: int, count: int, rng: np.rando
 
 
 class TaskBatcher:
+    """Model batches of one task. Prompts are never cut unless ``max_source_length`` asks for it.
+
+    T5's relative position buckets put no bound on the encoder length, and a cut prompt loses its
+    end, which for top-N is the last candidates (100 candidates of multi-piece ids in a pretrained
+    T5 vocabulary need ~400-530 tokens). With a limit, every cut row is counted per task in
+    ``cut_rows`` and a warning says how many were cut and to what length.
+    """
+
     def __init__(self, codec: TextCodec, num_items: int, topn_candidates: int = 20, seed: int = 0,
-                 max_source_length: int = 512):
+                 max_source_length: int | None = None):
+        if max_source_length is not None and max_source_length < 2:
+            raise ValueError(f"max_source_length {max_source_length}: a prompt needs at least one token and </s>")
         self.codec, self.num_items, self.topn_candidates = codec, num_items, topn_candidates
         self.seed, self.max_source_length = seed, max_source_length
+        self.cut_rows: dict[str, int] = {}
         codec.index_numbers(num_items)  # item numbers tokenized once, shared by the forked loader workers
 
     def _training_candidates(self, columns: Columns, step: int) -> list[list[int]]:
@@ -100,8 +112,7 @@ class TaskBatcher:
     def encode_columns(self, columns: Columns, task: str, step: int = 0,
                        with_labels: bool = True) -> dict[str, torch.Tensor]:
         """The model batch of one task from column lists (``user``, ``history``, ``target``, ...)."""
-        batch = self.codec.encode(self._sources(columns, task, step), max_length=self.max_source_length,
-                                  cache_words=True)
+        batch = self._encode_prompts(self._sources(columns, task, step), task)
         size = len(columns["user"])
         batch["user_ids"] = torch.as_tensor(np.asarray(columns["user"], dtype=np.int64))
         batch["task_ids"] = torch.full((size,), templates.TASK_IDS[task], dtype=torch.long)
@@ -111,6 +122,21 @@ class TaskBatcher:
             else:
                 batch["labels"] = self.codec.labels([templates.item_target(t) for t in columns["target"]], cache_words=True)
         return batch
+
+    def _encode_prompts(self, prompts: list[str], task: str) -> dict[str, torch.Tensor]:
+        batch = self.codec.encode(prompts, cache_words=True)
+        limit = self.max_source_length
+        if limit is None or batch["input_ids"].shape[1] <= limit:
+            return batch
+        lengths = batch["attention_mask"].sum(1)
+        cut = int((lengths > limit).sum())
+        if task not in self.cut_rows:  # once per task; cut_rows keeps counting
+            warnings.warn(f"{cut} of {len(prompts)} {task} prompts of a batch were cut from up to {int(lengths.max())} "
+                          f"to max_source_length {limit} tokens: the model does not see their end"
+                          + (" (the last candidates)" if task == "topn" else "") + "; later cuts are counted in cut_rows",
+                          stacklevel=3)
+        self.cut_rows[task] = self.cut_rows.get(task, 0) + cut
+        return self.codec.encode(prompts, max_length=limit, cache_words=True)
 
     def __call__(self, rows: Sequence[dict], task: str, step: int = 0, with_labels: bool = True) -> dict[str, torch.Tensor]:
         return self.encode_columns(as_columns(rows), task, step, with_labels)
