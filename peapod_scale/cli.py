@@ -47,31 +47,34 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--tasks", default="sequential,topn", help="comma-separated tasks: sequential, topn, explanation (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="users per generation batch (default: %(default)s)")
     parser.add_argument("--num-beams", type=int, default=20, help="beams; 10 sequences are returned (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=42, help="seed that orders top-N candidates (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed that orders top-N candidates (default: the run's own --seed, from its config.json, "
+                             "so the numbers equal its metrics_<split>.json; 42 for a folder without one)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
     parser.add_argument("--constrained", action="store_true",
                         help="constrained decoding: generate only valid item ids (a prefix trie over their tokens)")
     parser.add_argument("--output", default=None, help="metrics JSON (default: CHECKPOINT/metrics_<split>.json)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="dtype of every parameter: auto is the one the run trained in, as the trainer's own "
+                             "evaluation used it (default: %(default)s)")
     args = parser.parse_args(argv)
 
     from .data.stream import read_manifest
     from .data.tokenizer import TextCodec
     from .distributed import setup_inference
     from .evaluation import evaluate, format_table, write_json_atomic
-    from .model.peapod import PeaPOD
+    from .inference import load_model
 
     info = setup_inference()  # under a launcher: users sharded over the ranks, results gathered
 
     run_dir = Path(args.checkpoint)
-    model_dir = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
-    model = PeaPOD.from_pretrained(model_dir)
-    if torch.cuda.is_available():
-        model.to(f"cuda:{info.local_rank}")
+    model, model_dir = load_model(run_dir, args.dtype, info.local_rank)
+    seed = args.seed if args.seed is not None else run_seed(run_dir)
     codec = TextCodec.from_file(model_dir / "tokenizer.json")
     manifest = read_manifest(args.data)
     results = evaluate(model, codec, args.data, manifest, split=args.split, rank=info.rank, world_size=info.world_size,
                        tasks=[t for t in args.tasks.split(",") if t], batch_size=args.batch_size,
-                       num_beams=args.num_beams, seed=args.seed, limit=args.limit, constrained=args.constrained)
+                       num_beams=args.num_beams, seed=seed, limit=args.limit, constrained=args.constrained)
     output = Path(args.output) if args.output else (run_dir / f"metrics_{args.split}.json")
     if info.is_main:
         write_json_atomic(output, results)
@@ -80,6 +83,17 @@ def _evaluate(argv: list[str]) -> int:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
+
+
+def run_seed(run_dir) -> int:
+    """The seed a run trained and evaluated with (its config.json), 42 when the folder has none."""
+    import json
+    from pathlib import Path
+
+    config = Path(run_dir) / "config.json"
+    if not config.is_file():
+        return 42
+    return int(json.loads(config.read_text()).get("train", {}).get("seed", 42))
 
 
 def _prepare(argv: list[str]) -> int:
@@ -112,8 +126,11 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", required=True, help="run folder written by `train` (holds checkpoints/ and model/)")
     parser.add_argument("--output", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--tag", default=None, help="checkpoint tag, e.g. step1000 (default: the latest)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                        help="weights' dtype in the folder: fp32 keeps the fp32 master weights of a bf16 run exactly, "
+                             "bf16 halves its size (default: %(default)s)")
     args = parser.parse_args(argv)
-    export(args.checkpoint, args.output, args.tag)
+    export(args.checkpoint, args.output, args.tag, dtype=args.dtype)
     return 0
 
 
@@ -128,14 +145,16 @@ def _recommend(argv: list[str]) -> int:
     parser.add_argument("-k", type=int, default=10, help="items to recommend (default: %(default)s)")
     parser.add_argument("--num-beams", type=int, default=None, help="beams (default: max(20, 2k))")
     parser.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="dtype of every parameter: auto is the one the run trained in, as the trainer's own "
+                             "evaluation used it (default: %(default)s)")
     args = parser.parse_args(argv)
 
     from .data.tokenizer import TextCodec
-    from .model.peapod import PeaPOD
+    from .inference import load_model
     from .recommend import recommend
 
-    model_dir = Path(args.model) / "model" if (Path(args.model) / "model").is_dir() else Path(args.model)
-    model = PeaPOD.from_pretrained(model_dir)
+    model, model_dir = load_model(args.model, args.dtype)
     items, filled = recommend(model, TextCodec.from_file(model_dir / "tokenizer.json"), args.data, args.user, args.k,
                               args.num_beams, args.include_seen)
     for position, item in enumerate(items, 1):

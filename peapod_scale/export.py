@@ -32,7 +32,12 @@ def consolidation_bytes(checkpoint: Path, num_params: int) -> int:
     return files + 4 * num_params
 
 
-def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=print) -> Path:
+EXPORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=print, dtype: str = "fp32") -> Path:
+    """``dtype`` fp32 (default) keeps the fp32 master weights exactly; bf16 halves the folder."""
+    import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from .checkpoint_files import verify_checkpoint
@@ -46,7 +51,9 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=
     checkpoints = run_dir / "checkpoints"
     tag = checkpoint_tag(checkpoints, tag)
     verify_checkpoint(checkpoints / tag)  # zero_to_fp32 unpickles without restrictions
-    model = PeaPOD.from_pretrained(model_dir)
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"--dtype {dtype}: choose {' or '.join(EXPORT_DTYPES)}")
+    model = PeaPOD.from_pretrained(model_dir, dtype=torch.float32)  # receives the fp32 partitions unrounded
     num_params = sum(p.numel() for p in model.parameters())
     log(f"consolidating {checkpoints / tag} ({num_params / 1e6:.1f} M parameters): needs about "
         f"{consolidation_bytes(checkpoints / tag, num_params) / GIB:.2f} GiB of RAM")
@@ -56,11 +63,14 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=
     if set(missing) - tied or unexpected:
         raise ValueError(f"{checkpoints / tag} does not fit {model_dir}: missing {sorted(set(missing) - tied)}, "
                          f"unexpected {sorted(unexpected)}")
+    torch_dtype = getattr(torch, EXPORT_DTYPES[dtype])
+    model = model.to(torch_dtype)
+    model.t5.config.dtype = torch_dtype  # what from_pretrained(dtype="auto") will load it as
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     TextCodec.from_file(model_dir / "tokenizer.json").save(tmp)
     shutil.rmtree(output, ignore_errors=True)
     os.replace(tmp, output)
-    log(f"wrote {output} (load it with PeaPOD.from_pretrained or `peapod-scale evaluate --checkpoint {output}`)")
+    log(f"wrote {output} ({dtype}; load it with PeaPOD.from_pretrained or `peapod-scale evaluate --checkpoint {output}`)")
     return output

@@ -45,6 +45,15 @@ def freeze_backbone(model: PeaPOD) -> PeaPOD:
     return model
 
 
+def engine_dtype(ds_config: dict) -> torch.dtype:
+    """The dtype DeepSpeed keeps the module's parameters in for this config."""
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
 def _dataset_manifest(cfg: TrainConfig) -> dict:
     return json.loads((Path(cfg.data) / "manifest.json").read_text())
 
@@ -87,8 +96,11 @@ def build_model(cfg: TrainConfig, num_users: int, vocab_size: int, ds_config: di
             raise ValueError(f"{cfg.data}: neighbour lists for {neighbors.shape[0]} users, the dataset has {num_users}")
         prompts.num_neighbors = neighbors.shape[1]
     # A pretrained backbone loads outside zero.Init (from_pretrained would fill empty placeholders without
-    # Hugging Face's own DeepSpeed integration); deepspeed.initialize partitions it afterwards.
+    # Hugging Face's own DeepSpeed integration); deepspeed.initialize partitions it afterwards. It must
+    # then have the dtype zero.Init gives the prompt parameters: ZeRO-3 keeps one flat dtype per partition.
     backbone = load_backbone(cfg.model) if cfg.model else None
+    if backbone is not None and ds_config is not None and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3:
+        backbone = backbone.to(engine_dtype(ds_config))
     with _construction_context(ds_config):
         if backbone is not None:
             model = PeaPOD(prompts, backbone)

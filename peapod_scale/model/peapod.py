@@ -144,16 +144,27 @@ class PeaPOD(nn.Module):
         (directory / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **overrides) -> "PeaPOD":
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32, **overrides) -> "PeaPOD":
+        """Every parameter (backbone and prompts) in one ``dtype``: fp32 by default, whatever dtype the
+        backbone's config names (transformers 5 would otherwise load a bf16-trained backbone as bf16
+        beside fp32 prompt parameters)."""
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: is {directory} a folder written by PeaPOD.save_pretrained?")
         config = PeaPODConfig(**{**json.loads(config_path.read_text()), **overrides})
-        backbone = untie_lm_head(T5ForConditionalGeneration.from_pretrained(directory / BACKBONE_DIR), keep_values=True)
+        backbone = untie_lm_head(T5ForConditionalGeneration.from_pretrained(directory / BACKBONE_DIR, dtype=dtype),
+                                 keep_values=True)
         model = cls(config, backbone)
         missing, unexpected = model.load_state_dict(load_file(str(directory / PROMPT_WEIGHTS_FILE)), strict=False)
         missing = [k for k in missing if not k.startswith("t5.")]
         if missing or unexpected:
             raise ValueError(f"{directory / PROMPT_WEIGHTS_FILE}: missing {missing}, unexpected {unexpected}")
-        return model
+        return model.to(dtype)
+
+    @staticmethod
+    def backbone_dtype_on_disk(directory: str | Path) -> torch.dtype:
+        """The dtype the saved backbone's config names (what the run trained its weights in)."""
+        backbone_config = json.loads((Path(directory) / BACKBONE_DIR / "config.json").read_text())
+        name = backbone_config.get("dtype") or backbone_config.get("torch_dtype") or "float32"
+        return getattr(torch, name) if isinstance(getattr(torch, name, None), torch.dtype) else torch.float32
