@@ -1,8 +1,9 @@
 """Fused ops for peapod-scale (installed as ``peapod_scale.kernels``).
 
-``compose`` is the one op both user-prompt variants call; the plain torch reference is the ground
-truth and the default on CPU, the Triton kernel is used on CUDA. Importing this package never needs a
-GPU or triton: without triton only the reference path is available.
+``compose`` is the op the pool user prompt calls: the plain torch reference (``compose.py``) is the
+ground truth and the default on CPU, the Triton kernels (``triton_compose.py``) are used on CUDA.
+Importing this package never needs a GPU or triton: without triton only the reference path is
+available.
 """
 
 from .compose import ComposeFunction, compose, compose_reference, compose_triton

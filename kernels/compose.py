@@ -2,95 +2,25 @@
 
     out[b, l, h*Dh:(h+1)*Dh] = sum_m softmax(logits[b, h, :] / tau)[m] * values[(b,) m, l, h*Dh:(h+1)*Dh]
 
-``values`` is a shared pool ``[M, L, D]`` (PeaPOD's seed variant) or per-sample ``[B, M, L, D]``
-(the neighbour variant). Head h owns the h-th D/H slice of the width.
+``values`` is a shared pool ``[M, L, D]`` (PeaPOD's seed variant) or per-sample ``[B, M, L, D]``.
+Head h owns the h-th D/H slice of the width.
 
-Three pieces live side by side in this file: the plain torch reference (the ground truth and the
-CPU default), the Triton kernels with their host launchers, and the ``torch.autograd.Function``
-that ties them together. ``compose`` picks one at run time.
+This file holds the plain torch reference (the ground truth and the CPU default), the
+``torch.autograd.Function`` around the Triton kernels, and ``compose``, which picks one at run time.
+The kernels and their launch plan are in ``triton_compose.py``.
 
-How the Triton path is laid out (shared pool only)
---------------------------------------------------
-The op is a small matmul per head: ``out[b, (l, d in h)] = alpha[b, h, :] @ P[:, (l, d in h)]``.
-A program owns a tile of BLOCK_B batch rows x BLOCK_L*BLOCK_D columns of the flattened ``L*D``
-output, the columns chosen inside one head, so:
-
-* the softmax for the tile is one row per batch element (computed once per program, online over
-  chunks of M, so any M works), not a gather of one logits row per output column;
-* the weighted sum is a ``tl.dot`` of the weights with a pool tile. Blocking over the batch is what
-  makes this cheap: with one program per batch row, every program would re-read its pool tile and
-  the pool would stream B times through L2 (B=256, D=4096, bf16: 2 GB of L2 traffic per call).
-* the weights stay fp32; for 16-bit pools they are split into ``hi + lo`` halves in the pool's
-  dtype and fed to two tensor-core dots (~16 mantissa bits instead of 8), accumulating in fp32. A
-  consequence: an inf in a 16-bit pool comes out as NaN (the low half is often 0 and 0*inf = NaN),
-  where the reference gives inf. NaN stays NaN; with fp32 pools inf and NaN propagate as in the
-  reference.
-* non-power-of-two M, L, D/H are handled by masks; the head width is padded to a power of two of
-  at least 16 (``tl.dot``'s minimum), which wastes lanes only when D/H < 16.
-
-This departs from docs/DESIGN.md's "per (b, block of l*d)" grid on purpose (the L2 argument above).
-Status: correct against the reference in Triton's interpreter; compiled ahead of time for sm_90
-without register spills for 16-bit inputs; never yet run or timed on a GPU, block sizes untuned.
-
-The backward runs two kernels and nothing is reduced with atomics, so it is bitwise reproducible:
-
-1. ``_compose_bwd_logits_kernel``, grid (batch blocks, heads): recomputes ``alpha`` (and stores it
-   fp32 for kernel 2), reduces ``dalpha = dOut_h @ P_h^T`` over all ``L*D/H`` columns of the head
-   inside the program, then ``dlogits = alpha * (dalpha - sum_m alpha*dalpha) / tau`` and one
-   partial of ``dtau`` per program (then one fixed-shape ``torch.sum``, deterministic).
-2. ``_compose_bwd_pool_kernel``, grid (column tiles, pool blocks): ``dP = alpha_h^T @ dOut`` with
-   the batch reduction done by one program walking the batch in a fixed order. Each dOut element
-   is read once per pool block, so no partial-sum buffer is needed.
-
-tau may be a float or a one-element tensor; when it requires grad, with ``z = logits / tau`` and
-``g = dL/dz``: ``dtau = sum(g * dz/dtau) = -sum(g * z) / tau``.
-
-Per-sample values (the neighbour variant) keep the reference path, in both directions. There is
-nothing to share across the batch there: every value element is read once and used once (a batched
-mat-vec over a ``[B, M, L, D]`` tensor, and ``dvalues`` is an outer product of the same size), so a
-kernel could only save the reference's fp32 up-cast, and that variant's sizes are small (k=20
-neighbours, L=3, t5-small in the released settings). ``backend="auto"`` routes it to the reference;
-``backend="triton"`` refuses it with a clear error rather than silently falling back.
-
-Triton on CPU: kernels run under ``TRITON_INTERPRET=1`` only if the variable is set before this
-module is imported (``@triton.jit`` decides at decoration time). The interpreter computes ``tl.dot``
-of bf16 operands on their raw bits (wrong results), so on CPU tensors the kernels up-cast the dot
-operands to fp32 (``UPCAST``); the products of 16-bit numbers are exact in fp32, so the arithmetic
-is the same as on tensor cores. The interpreter also truncates fp32 -> bf16 instead of rounding, so
-bf16 results there can differ from the reference by one unit in the last place.
+Per-sample values keep the reference path, in both directions. There is nothing to share across the
+batch there: every value element is read once and used once (a batched mat-vec over a
+``[B, M, L, D]`` tensor, and ``dvalues`` is an outer product of the same size), so a kernel could only
+save the reference's fp32 up-cast. ``backend="auto"`` routes them to the reference;
+``backend="triton"`` refuses them with a clear error rather than silently falling back.
 """
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
-
 import torch
 
-try:  # a CPU-only install must still import this module and run the reference
-    import triton
-    import triton.language as tl
-except Exception:  # ImportError, or a broken triton install (missing libraries)
-    triton = None
-
-    class _NoTriton:
-        """Stand-in so the kernel definitions below still parse; they are never launched."""
-
-        constexpr = None
-
-        @staticmethod
-        def jit(fn):
-            return fn
-
-    tl = _NoTriton()
-    _jit = _NoTriton.jit
-else:
-    _jit = triton.jit
-
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# The backward holds one full (padded) row of M gating weights per batch row in registers; past
-# M=256 it spills (compiled for sm_90), past this it is refused.
-MAX_POOL_SIZE_TRITON = 1024
+from .triton_compose import FLOAT_DTYPES, MAX_POOL_SIZE_TRITON, kernels_interpreted, launch_backward, launch_forward, triton
 
 
 def _check_shapes(logits: torch.Tensor, values: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -122,259 +52,15 @@ def compose_reference(logits: torch.Tensor, values: torch.Tensor, tau: float | t
     return out.reshape(batch, length, width).to(values.dtype)
 
 
-# ----------------------------------------------------------------------------------------------
-# Triton kernels
-# ----------------------------------------------------------------------------------------------
-
-
-@_jit
-def _head_tile(h, t, L, Dh, n_jblocks, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Tile ``t`` of head ``h``: BLOCK_L prompt rows x BLOCK_D columns of the head, flattened.
-
-    Returns the prompt row ``l``, the absolute column ``d`` in [0, D) and the in-bounds mask, each of
-    length BLOCK_L*BLOCK_D. BLOCK_D is a power of two, so ``//`` and ``%`` by it are shifts.
-    """
-    c = tl.arange(0, BLOCK_L * BLOCK_D)
-    l = (t // n_jblocks) * BLOCK_L + c // BLOCK_D
-    j = (t % n_jblocks) * BLOCK_D + c % BLOCK_D
-    return l, h * Dh + j, (l < L) & (j < Dh)
-
-
-@_jit
-def _scaled_logits(row_ptr, s_lm, offs_m, mask_b, mask_m, tau):
-    """``logits / tau`` for [BLOCK_B, BLOCK_M]. Pool padding is -inf (zero weight); batch padding
-    rows read as 0, so they stay finite and never make NaNs that would only be masked later."""
-    s = tl.load(row_ptr + offs_m[None, :] * s_lm, mask=mask_b[:, None] & mask_m[None, :], other=0.0)
-    return tl.where(mask_m[None, :], s.to(tl.float32) / tau, float("-inf"))
-
-
-@_jit
-def _softmax_stats(row_ptr, s_lm, mask_b, M, tau, BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Online max and normaliser of ``softmax(logits / tau)`` over M, BLOCK_M logits at a time.
-
-    A chunk that is all -inf (masked pool entries) must not poison the running sum with
-    exp(-inf - -inf) = NaN, hence ``safe``; a row that is -inf everywhere still ends as NaN weights,
-    like ``torch.softmax``.
-    """
-    mx = tl.full((BLOCK_B,), float("-inf"), tl.float32)
-    denom = tl.zeros((BLOCK_B,), tl.float32)
-    for m0 in range(0, M, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        z = _scaled_logits(row_ptr, s_lm, offs_m, mask_b, offs_m < M, tau)
-        new_mx = tl.maximum(mx, tl.max(z, axis=1))
-        safe = tl.where(new_mx == float("-inf"), 0.0, new_mx)
-        denom = denom * tl.exp(mx - safe) + tl.sum(tl.exp(z - safe[:, None]), axis=1)
-        mx = new_mx
-    return mx, denom
-
-
-@_jit
-def _softmax_weights(row_ptr, s_lm, offs_m, mask_b, mask_m, tau, mx, denom):
-    """Scaled logits and gating weights for one chunk of M; padding lanes get weight 0."""
-    z = _scaled_logits(row_ptr, s_lm, offs_m, mask_b, mask_m, tau)
-    alpha = tl.exp(z - mx[:, None]) / denom[:, None]
-    return z, tl.where(mask_b[:, None] & mask_m[None, :], alpha, 0.0)
-
-
-@_jit
-def _load_tau(tau_ptr, tau_value, TAU_PTR: tl.constexpr):
-    """tau from device memory when it is a tensor (no host sync), else the float argument."""
-    if TAU_PTR:
-        return tl.load(tau_ptr).to(tl.float32)
-    else:
-        return tau_value
-
-
-@_jit
-def _dot(a, b, acc, UPCAST: tl.constexpr):
-    """``acc + a @ b`` in fp32. fp32 operands use IEEE fp32 (no TF32: the reference does not)."""
-    if UPCAST:  # Triton's interpreter multiplies bf16 dot operands as raw bits: compute in fp32
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    elif a.dtype == tl.float32:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
-
-
-@_jit
-def _weighted_sum(acc, w, x, UPCAST: tl.constexpr):
-    """``acc + w @ x`` for fp32 weights ``w`` and values ``x`` in their storage dtype.
-
-    16-bit values: ``w = hi + lo`` with both halves in x's dtype, two tensor-core dots; this keeps
-    about 16 bits of each weight where a single cast would keep 8 (bf16) or 11 (fp16).
-    """
-    if x.dtype == tl.float32:
-        return _dot(w, x, acc, UPCAST)
-    w_hi = w.to(x.dtype)
-    w_lo = (w - w_hi.to(tl.float32)).to(x.dtype)
-    return _dot(w_lo, x, _dot(w_hi, x, acc, UPCAST), UPCAST)
-
-
-@_jit
-def _compose_fwd_kernel(
-    logits_ptr, pool_ptr, tau_ptr, tau_value, out_ptr,
-    B, M, L, Dh,
-    s_lb, s_lh, s_lm,
-    s_pm, s_pl,
-    s_ob, s_ol, s_od, row_offset,
-    n_jblocks, tiles_per_head,
-    BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    TAU_PTR: tl.constexpr, UPCAST: tl.constexpr,
-):
-    """out[b, row_offset + l, d] for BLOCK_B batch rows x one column tile of one head.
-
-    Grid: (batch blocks, H * tiles_per_head). The batch block is the fast axis so the programs that
-    read the same pool tile run back to back and find it in L2.
-    """
-    pid_t = tl.program_id(1)
-    h = pid_t // tiles_per_head
-    l, d, mask_c = _head_tile(h, pid_t % tiles_per_head, L, Dh, n_jblocks, BLOCK_L, BLOCK_D)
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    tau = _load_tau(tau_ptr, tau_value, TAU_PTR)
-
-    row_ptr = logits_ptr + offs_b.to(tl.int64)[:, None] * s_lb + h * s_lh
-    mx, denom = _softmax_stats(row_ptr, s_lm, mask_b, M, tau, BLOCK_B, BLOCK_M)
-
-    acc = tl.zeros((BLOCK_B, BLOCK_L * BLOCK_D), tl.float32)
-    pool_cols = pool_ptr + l * s_pl + d
-    for m0 in range(0, M, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        _, alpha = _softmax_weights(row_ptr, s_lm, offs_m, mask_b, mask_m, tau, mx, denom)
-        p = tl.load(pool_cols[None, :] + offs_m[:, None] * s_pm, mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-        acc = _weighted_sum(acc, alpha, p, UPCAST)
-
-    out_ptrs = (out_ptr + offs_b.to(tl.int64)[:, None] * s_ob
-                + ((row_offset + l) * s_ol + d * s_od)[None, :])
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_c[None, :])
-
-
-@_jit
-def _compose_bwd_logits_kernel(
-    logits_ptr, pool_ptr, tau_ptr, tau_value, dout_ptr, dlogits_ptr, alpha_ptr, dtau_ptr,
-    B, M, L, Dh,
-    s_lb, s_lh, s_lm,
-    s_pm, s_pl,
-    s_gb, s_gl, s_gd,
-    s_db, s_dh, s_dm,
-    n_jblocks, tiles_per_head,
-    BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    TAU_PTR: tl.constexpr, UPCAST: tl.constexpr,
-):
-    """dlogits, alpha and a dtau partial for BLOCK_B batch rows of one head.
-
-    Grid: (batch blocks, H). BLOCK_M covers all of M, so the whole dalpha row is reduced here over
-    every column of the head and the softmax backward needs no second pass.
-    """
-    h = tl.program_id(1)
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    offs_m = tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    tau = _load_tau(tau_ptr, tau_value, TAU_PTR)
-
-    row_ptr = logits_ptr + offs_b.to(tl.int64)[:, None] * s_lb + h * s_lh
-    mx, denom = _softmax_stats(row_ptr, s_lm, mask_b, M, tau, BLOCK_B, BLOCK_M)
-    z, alpha = _softmax_weights(row_ptr, s_lm, offs_m, mask_b, mask_m, tau, mx, denom)
-    valid = mask_b[:, None] & mask_m[None, :]
-    alpha_ptrs = alpha_ptr + offs_b[:, None] * (tl.num_programs(1) * M) + h * M + offs_m[None, :]
-    tl.store(alpha_ptrs, alpha, mask=valid)
-
-    dalpha = tl.zeros((BLOCK_B, BLOCK_M), tl.float32)
-    dout_rows = dout_ptr + offs_b.to(tl.int64)[:, None] * s_gb
-    for t in range(0, tiles_per_head):
-        l, d, mask_c = _head_tile(h, t, L, Dh, n_jblocks, BLOCK_L, BLOCK_D)
-        g = tl.load(dout_rows + (l * s_gl + d * s_gd)[None, :], mask=mask_b[:, None] & mask_c[None, :], other=0.0)
-        p_t = tl.load(pool_ptr + (l * s_pl + d)[:, None] + offs_m[None, :] * s_pm,
-                      mask=mask_c[:, None] & mask_m[None, :], other=0.0)
-        dalpha = _dot(g.to(p_t.dtype), p_t, dalpha, UPCAST)
-
-    # softmax backward with respect to z = logits / tau, then the chain rule through the division
-    dz = alpha * (dalpha - tl.sum(alpha * dalpha, axis=1)[:, None])
-    dlogits_ptrs = dlogits_ptr + offs_b.to(tl.int64)[:, None] * s_db + h * s_dh + offs_m[None, :] * s_dm
-    tl.store(dlogits_ptrs, (dz / tau).to(dlogits_ptr.dtype.element_ty), mask=valid)
-    dtau = -tl.sum(tl.sum(dz * tl.where(valid, z, 0.0), axis=1), axis=0) / tau
-    tl.store(dtau_ptr + tl.program_id(0) * tl.num_programs(1) + h, dtau)
-
-
-@_jit
-def _compose_bwd_pool_kernel(
-    alpha_ptr, dout_ptr, dpool_ptr,
-    B, M, L, Dh,
-    s_gb, s_gl, s_gd,
-    s_pm, s_pl,
-    n_jblocks, tiles_per_head, n_heads,
-    BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """dP[m, l, d] = sum_b alpha[b, h(d), m] * dOut[b, l, d] for BLOCK_M pool rows x one column tile.
-
-    Grid: (H * tiles_per_head, pool blocks). The batch reduction happens in this one program, in a
-    fixed order: deterministic without atomics or a second reduction stage.
-    """
-    pid_t = tl.program_id(0)
-    h = pid_t // tiles_per_head
-    l, d, mask_c = _head_tile(h, pid_t % tiles_per_head, L, Dh, n_jblocks, BLOCK_L, BLOCK_D)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    dout_cols = dout_ptr + l * s_gl + d * s_gd
-
-    acc = tl.zeros((BLOCK_M, BLOCK_L * BLOCK_D), tl.float32)
-    for b0 in range(0, B, BLOCK_B):
-        offs_b = b0 + tl.arange(0, BLOCK_B)
-        mask_b = offs_b < B
-        alpha_t = tl.load(alpha_ptr + offs_b[None, :] * (n_heads * M) + h * M + offs_m[:, None],
-                          mask=mask_m[:, None] & mask_b[None, :], other=0.0)
-        g = tl.load(dout_cols[None, :] + offs_b.to(tl.int64)[:, None] * s_gb,
-                    mask=mask_b[:, None] & mask_c[None, :], other=0.0)
-        acc = _weighted_sum(acc, alpha_t, g.to(dpool_ptr.dtype.element_ty), UPCAST)
-
-    dpool_ptrs = dpool_ptr + offs_m[:, None] * s_pm + (l * s_pl + d)[None, :]
-    tl.store(dpool_ptrs, acc.to(dpool_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
-
-
-# ----------------------------------------------------------------------------------------------
-# Host side: checks, tile sizes, launches
-# ----------------------------------------------------------------------------------------------
-
-
-def _pow2(n: int, lo: int, hi: int) -> int:
-    """The next power of two of ``n``, clamped to [lo, hi]."""
-    return min(max(1 << max(n - 1, 0).bit_length(), lo), hi)
-
-
-class _Tiles:
-    """Column tiling of one head: BLOCK_L rows x BLOCK_D head columns, at most ``max_cols`` a tile.
-
-    tl.dot needs every tile side >= 16. The block sizes in the launchers are not tuned on a GPU yet;
-    they were chosen by compiling for sm_90 ahead of time (no GPU needed) and keeping the
-    configurations that do not spill registers at M <= 256.
-    """
-
-    def __init__(self, length: int, head_width: int, max_cols: int = 128):
-        self.block_d = _pow2(head_width, 16, max_cols)
-        self.block_l = _pow2(length, 1, max(1, max_cols // self.block_d))
-        self.n_jblocks = math.ceil(head_width / self.block_d)
-        self.per_head = math.ceil(length / self.block_l) * self.n_jblocks
-
-    def meta(self) -> dict:
-        return {"BLOCK_L": self.block_l, "BLOCK_D": self.block_d}
-
-
-def _kernels_interpreted() -> bool:
-    return type(_compose_fwd_kernel).__name__ == "InterpretedFunction"
-
-
-def _check_triton(logits: torch.Tensor, pool: torch.Tensor, tau, out: torch.Tensor | None, row_offset: int) -> None:
+def _check_triton(logits: torch.Tensor, pool: torch.Tensor, tau) -> None:
     """Everything the kernels assume, checked before any launch, with messages that say what to do."""
-    batch, _, pool_size, length, width = _check_shapes(logits, pool)
+    _, _, pool_size, _, _ = _check_shapes(logits, pool)
     if pool.dim() == 4:
         raise NotImplementedError(
             "the Triton compose kernel handles a shared pool [M, L, D] only; per-sample values "
             "[B, M, L, D] use the reference (backend='auto' or 'torch'), see the module docstring")
     for name, tensor in (("logits", logits), ("values", pool)):
-        if tensor.dtype not in _FLOAT_DTYPES:
+        if tensor.dtype not in FLOAT_DTYPES:
             raise TypeError(f"Triton compose needs fp32, bf16 or fp16 {name}, got {tensor.dtype}")
     if logits.device != pool.device:
         raise ValueError(f"logits on {logits.device} but values on {pool.device}")
@@ -384,180 +70,58 @@ def _check_triton(logits: torch.Tensor, pool: torch.Tensor, tau, out: torch.Tens
         raise ValueError(f"Triton compose supports M <= {MAX_POOL_SIZE_TRITON}, got M={pool_size}; use backend='torch'")
     if isinstance(tau, torch.Tensor) and tau.numel() != 1:
         raise ValueError(f"Triton compose needs a scalar tau, got shape {tuple(tau.shape)}")
-    if out is not None:
-        _check_out(out, row_offset, batch, length, width, pool)
     if triton is None:
         raise RuntimeError("backend='triton' needs the triton package, which is not importable here")
-    if not pool.is_cuda and not _kernels_interpreted():
+    if not pool.is_cuda and not kernels_interpreted():
         raise RuntimeError(
             "backend='triton' on CPU tensors runs only in Triton's interpreter: set TRITON_INTERPRET=1 "
             "before peapod_scale.kernels is imported")
 
 
-def _check_out(out: torch.Tensor, row_offset: int, batch: int, length: int, width: int, values: torch.Tensor) -> None:
-    """``out`` must be a [B, rows, D] buffer of the values' dtype with room for L rows at row_offset."""
-    if out.dim() != 3 or out.shape[0] != batch or out.shape[2] != width:
-        raise ValueError(f"out must be [B={batch}, rows, D={width}], got shape {tuple(out.shape)}")
-    if not 0 <= row_offset <= out.shape[1] - length:
-        raise ValueError(f"row_offset={row_offset} with L={length} does not fit in {out.shape[1]} rows of out")
-    if out.dtype != values.dtype or out.device != values.device:
-        raise ValueError(f"out is {out.dtype} on {out.device}, values are {values.dtype} on {values.device}")
-
-
-def _tau_args(tau, like: torch.Tensor) -> tuple:
-    """(tau_ptr, tau_value, TAU_PTR): a tensor tau is read on the device (no ``.item()`` sync)."""
-    if isinstance(tau, torch.Tensor):
-        return tau.detach().reshape(1).to(device=like.device, dtype=torch.float32), 1.0, True
-    return like, float(tau), False
-
-
-class _Launch(NamedTuple):
-    grid: tuple[int, int]
-    tiles: _Tiles
-    meta: dict  # compile-time block sizes and num_warps
-
-
-def _launch_plan(batch: int, heads: int, pool_size: int, length: int, width: int) -> dict[str, _Launch]:
-    """Grid and block sizes of the three kernels for one problem size (also used by the tests'
-    ahead-of-time compile check, so what is checked is what runs)."""
-    head_width = width // heads
-    fwd_tiles, pool_tiles = _Tiles(length, head_width), _Tiles(length, head_width)
-    block_m = _pow2(pool_size, 16, MAX_POOL_SIZE_TRITON)
-    # a full [16, M] dalpha tile sits in registers: narrower column tiles as M grows (M > 256 spills)
-    logits_tiles = _Tiles(length, head_width, max_cols=64 if block_m <= 128 else 32)
-    fwd_b, pool_m = _pow2(batch, 16, 32), _pow2(pool_size, 16, 64)
-    return {
-        "fwd": _Launch((triton.cdiv(batch, fwd_b), heads * fwd_tiles.per_head), fwd_tiles,
-                       dict(BLOCK_B=fwd_b, BLOCK_M=_pow2(pool_size, 16, 32), num_warps=4, **fwd_tiles.meta())),
-        "logits": _Launch((triton.cdiv(batch, 16), heads), logits_tiles,
-                          dict(BLOCK_B=16, BLOCK_M=block_m, num_warps=8, **logits_tiles.meta())),
-        "pool": _Launch((heads * pool_tiles.per_head, triton.cdiv(pool_size, pool_m)), pool_tiles,
-                        dict(BLOCK_B=_pow2(batch, 16, 32), BLOCK_M=pool_m, num_warps=4, **pool_tiles.meta())),
-    }
-
-
-def _launch_forward(logits, pool, tau, out, row_offset):
-    batch, heads, pool_size = logits.shape
-    _, length, width = pool.shape
-    plan = _launch_plan(batch, heads, pool_size, length, width)["fwd"]
-    tau_ptr, tau_value, tau_in_memory = _tau_args(tau, logits)
-    _compose_fwd_kernel[plan.grid](
-        logits, pool, tau_ptr, tau_value, out,
-        batch, pool_size, length, width // heads,
-        *logits.stride(), pool.stride(0), pool.stride(1),
-        *out.stride(), row_offset,
-        plan.tiles.n_jblocks, plan.tiles.per_head,
-        TAU_PTR=tau_in_memory, UPCAST=not pool.is_cuda, **plan.meta,
-    )
-
-
-def _launch_backward(logits, pool, tau, grad, need_pool):
-    """Returns (dlogits, dpool or None, dtau as a 0-dim fp32 tensor)."""
-    batch, heads, pool_size = logits.shape
-    _, length, width = pool.shape
-    plans = _launch_plan(batch, heads, pool_size, length, width)
-    upcast = not pool.is_cuda
-    plan = plans["logits"]
-    dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    alpha = torch.empty((batch, heads, pool_size), dtype=torch.float32, device=logits.device)
-    dtau_parts = torch.empty(plan.grid, dtype=torch.float32, device=logits.device)
-    tau_ptr, tau_value, tau_in_memory = _tau_args(tau, logits)
-    _compose_bwd_logits_kernel[plan.grid](
-        logits, pool, tau_ptr, tau_value, grad, dlogits, alpha, dtau_parts,
-        batch, pool_size, length, width // heads,
-        *logits.stride(), pool.stride(0), pool.stride(1), *grad.stride(), *dlogits.stride(),
-        plan.tiles.n_jblocks, plan.tiles.per_head,
-        TAU_PTR=tau_in_memory, UPCAST=upcast, **plan.meta,
-    )
-    dpool = None
-    if need_pool:
-        plan = plans["pool"]
-        dpool = torch.empty_like(pool)
-        _compose_bwd_pool_kernel[plan.grid](
-            alpha, grad, dpool,
-            batch, pool_size, length, width // heads,
-            *grad.stride(), pool.stride(0), pool.stride(1),
-            plan.tiles.n_jblocks, plan.tiles.per_head, heads,
-            UPCAST=upcast, **plan.meta,
-        )
-    return dlogits, dpool, dtau_parts.sum()
-
-
 class ComposeFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels (shared pool).
-
-    With ``out`` given, the prompt is written into ``out[:, row_offset:row_offset+L]`` in place
-    (``mark_dirty``) and ``out`` is returned; its gradient passes through except on the overwritten
-    rows, like any in-place write.
-    """
+    """Autograd wrapper of the Triton kernels (shared pool)."""
 
     @staticmethod
-    def forward(ctx, logits, pool, tau, out, row_offset):
-        batch, _, _ = logits.shape
-        _, length, width = pool.shape
+    def forward(ctx, logits, pool, tau):
         pool = pool.contiguous()
-        target = out if out is not None else torch.empty((batch, length, width), dtype=pool.dtype, device=pool.device)
-        if batch * length * width:
-            _launch_forward(logits, pool, tau, target, row_offset if out is not None else 0)
         tau_is_tensor = isinstance(tau, torch.Tensor)
         ctx.save_for_backward(logits, pool, tau if tau_is_tensor else None)
         ctx.tau = None if tau_is_tensor else tau
-        ctx.row_offset = row_offset if out is not None else None
-        if out is not None:
-            ctx.mark_dirty(out)
-        return target
+        return launch_forward(logits, pool, tau)
 
     @staticmethod
     def backward(ctx, grad):
         logits, pool, tau_tensor = ctx.saved_tensors
         tau = ctx.tau if tau_tensor is None else tau_tensor
-        need_logits, need_pool, need_tau, need_out, _ = ctx.needs_input_grad
-        length = pool.shape[1]
-        grad_prompt = grad if ctx.row_offset is None else grad.narrow(1, ctx.row_offset, length)
-        if grad_prompt.numel():
-            dlogits, dpool, dtau = _launch_backward(logits, pool, tau, grad_prompt, need_pool)
+        need_logits, need_pool, need_tau = ctx.needs_input_grad
+        if grad.numel():
+            dlogits, dpool, dtau = launch_backward(logits, pool, tau, grad, need_pool)
         else:
             dlogits, dpool, dtau = torch.zeros_like(logits), torch.zeros_like(pool), logits.new_zeros((), dtype=torch.float32)
         grad_tau = dtau.reshape(tau.shape).to(tau.dtype) if need_tau else None
-        grad_out = None
-        if need_out:
-            grad_out = grad.clone()
-            grad_out.narrow(1, ctx.row_offset, length).zero_()
-        return (dlogits if need_logits else None), (dpool if need_pool else None), grad_tau, grad_out, None
+        return (dlogits if need_logits else None), (dpool if need_pool else None), grad_tau
 
 
-def compose_triton(logits: torch.Tensor, pool: torch.Tensor, tau: float | torch.Tensor = 1.0,
-                   out: torch.Tensor | None = None, row_offset: int = 0) -> torch.Tensor:
-    """The fused kernel: ``[B, L, D]`` prompts, or the written view of ``out`` when a buffer is given."""
-    _check_triton(logits, pool, tau, out, row_offset)
-    result = ComposeFunction.apply(logits, pool, tau, out, row_offset)
-    return result if out is None else result.narrow(1, row_offset, pool.shape[1])
+def compose_triton(logits: torch.Tensor, pool: torch.Tensor, tau: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """The fused kernel: ``[B, L, D]`` prompts from a shared pool."""
+    _check_triton(logits, pool, tau)
+    return ComposeFunction.apply(logits, pool, tau)
 
 
 def _triton_fits(logits: torch.Tensor, values: torch.Tensor, tau) -> bool:
     """What ``backend='auto'`` sends to the kernel: CUDA, shared pool, supported dtypes and sizes."""
     return (triton is not None and values.is_cuda and logits.is_cuda and values.dim() == 3
-            and logits.dtype in _FLOAT_DTYPES and values.dtype in _FLOAT_DTYPES
+            and logits.dtype in FLOAT_DTYPES and values.dtype in FLOAT_DTYPES
             and 0 < values.shape[0] <= MAX_POOL_SIZE_TRITON
             and not (isinstance(tau, torch.Tensor) and tau.numel() != 1))
 
 
-def compose(logits: torch.Tensor, values: torch.Tensor, tau: float | torch.Tensor = 1.0, backend: str = "auto",
-            *, out: torch.Tensor | None = None, row_offset: int = 0) -> torch.Tensor:
-    """Dispatch: ``auto`` picks Triton on CUDA and the torch reference elsewhere.
-
-    ``out``/``row_offset``: write the prompt into ``out[:, row_offset:row_offset+L]`` (a preallocated
-    ``[B, rows, D]`` encoder input) instead of a new tensor, and return that view. Autograd treats it
-    as an in-place write into ``out``.
-    """
+def compose(logits: torch.Tensor, values: torch.Tensor, tau: float | torch.Tensor = 1.0,
+            backend: str = "auto") -> torch.Tensor:
+    """Dispatch: ``auto`` picks Triton on CUDA and the torch reference elsewhere."""
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"compose backend must be auto, torch or triton, got {backend!r}")
-    batch, _, _, length, width = _check_shapes(logits, values)
+    _check_shapes(logits, values)
     if backend == "triton" or (backend == "auto" and _triton_fits(logits, values, tau)):
-        return compose_triton(logits, values, tau, out=out, row_offset=row_offset)
-    if out is None:
-        return compose_reference(logits, values, tau)
-    _check_out(out, row_offset, batch, length, width, values)
-    view = out.narrow(1, row_offset, length)
-    view.copy_(compose_reference(logits, values, tau))
-    return view
+        return compose_triton(logits, values, tau)
+    return compose_reference(logits, values, tau)

@@ -1,14 +1,8 @@
-"""Tests for ``peapod_scale.kernels.compose``: the torch reference path and the Triton kernel.
+"""Tests for ``peapod_scale.kernels.compose``: the torch reference, the dispatch and its argument checks.
 
-Why a subprocess for the kernel tests: Triton picks interpreter or compiler when ``@triton.jit``
-decorates a function, that is when ``kernels/compose.py`` is first imported, and only from the
-``TRITON_INTERPRET`` variable as it is at that moment. Inside this pytest process the module is
-already imported (by this file, or by any other test file or conftest collected before it), so
-setting the variable here would be too late and the order of imports is not ours to control.
-``test_triton_kernel_in_interpreter`` therefore starts a fresh ``python -m pytest`` on this file with
-``TRITON_INTERPRET=1`` in its environment from the first line, and that child runs the
-``TestTritonKernel`` class on CPU tensors. On a machine with a GPU the same class also runs here,
-in-process, on CUDA tensors with the compiled kernels.
+The Triton kernels themselves (interpreter on CPU, compiled on a GPU, ahead-of-time compiles) are
+tested in ``test_kernels_triton_compose.py``; the helpers here (inputs, gradients, tolerances) are
+shared with it.
 """
 
 from __future__ import annotations
@@ -26,10 +20,7 @@ import torch
 from peapod_scale.kernels import compose, compose_reference
 
 REPO = Path(__file__).resolve().parents[1]
-CHILD_FLAG = "PEAPOD_COMPOSE_INTERPRETER_CHILD"
-IN_CHILD = os.environ.get(CHILD_FLAG) == "1"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-KERNEL_DEVICE = "cpu" if IN_CHILD else "cuda"
 
 TOLERANCE = {
     torch.float32: dict(rtol=1e-5, atol=1e-5),
@@ -88,20 +79,6 @@ def test_reference_matches_a_per_head_loop():
         torch.testing.assert_close(out[:, :, cols], torch.einsum("bm,mld->bld", alpha, values[:, :, cols]))
 
 
-def test_torch_backend_out_buffer_writes_only_its_slice():
-    logits, values = make_inputs(2, 2, 3, 4, 6, torch.float32)
-    base = torch.full((2, 9, 6), 7.0, requires_grad=True)
-    buffer = base * 1  # a non-leaf with history, as an encoder input built in place would be
-    view = compose(logits, values, 0.8, backend="torch", out=buffer, row_offset=3)
-    assert view.data_ptr() == buffer[:, 3].data_ptr() and view.shape == (2, 4, 6)
-    torch.testing.assert_close(buffer[:, 3:7], compose_reference(logits, values, 0.8), rtol=0, atol=0)
-    assert bool((buffer[:, :3] == 7).all()) and bool((buffer[:, 7:] == 7).all())
-    buffer.sum().backward()
-    expected = torch.ones(2, 9, 6)
-    expected[:, 3:7] = 0
-    assert torch.equal(base.grad, expected)
-
-
 BAD_INPUTS = [
     # (logits shape, values shape, error, message fragment)
     ((2, 4), (3, 2, 8), ValueError, "logits must be"),
@@ -117,19 +94,6 @@ BAD_INPUTS = [
 def test_bad_shapes_raise(backend, logits_shape, values_shape, error, match):
     with pytest.raises(error, match=match):
         compose(torch.randn(logits_shape), torch.randn(values_shape), backend=backend)
-
-
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_bad_out_buffer_raises(backend):
-    logits, values = make_inputs(2, 2, 3, 4, 6, torch.float32)
-    for out, offset, match in [
-        (torch.empty(2, 5, 6), 2, "does not fit"),
-        (torch.empty(2, 9, 6), -1, "does not fit"),
-        (torch.empty(3, 9, 6), 0, r"out must be \[B=2"),
-        (torch.empty(2, 9, 6, dtype=torch.float16), 0, "out is torch.float16"),
-    ]:
-        with pytest.raises(ValueError, match=match):
-            compose(logits, values, backend=backend, out=out, row_offset=offset)
 
 
 def test_triton_backend_rejects_what_it_does_not_handle():
@@ -172,217 +136,3 @@ def test_import_and_cpu_path_work_without_triton():
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
-
-
-def _nvidia_tool(name):
-    if not HAS_TRITON:
-        return None
-    path = Path(importlib.util.find_spec("triton").origin).parent / "backends" / "nvidia" / "bin" / name
-    return path if path.exists() else None
-
-
-@pytest.mark.skipif(IN_CHILD or _nvidia_tool("ptxas") is None or _nvidia_tool("cuobjdump") is None,
-                    reason="needs compiled-mode triton with its bundled ptxas and cuobjdump")
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
-def test_kernels_compile_for_h100_as_launched(dtype):
-    """Ahead-of-time compile for sm_90 (no GPU needed) with the block sizes the launchers pick for
-    the benchmark's headline shape: catches what the interpreter does not check (dot shapes, layouts,
-    type rules of the GPU backend) and, for 16-bit inputs, register spills and missing tensor cores."""
-    import importlib
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    module = importlib.import_module("peapod_scale.kernels.compose")
-    plans = module._launch_plan(batch=256, heads=8, pool_size=64, length=16, width=1024)
-    kernels = {"fwd": module._compose_fwd_kernel, "logits": module._compose_bwd_logits_kernel,
-               "pool": module._compose_bwd_pool_kernel}
-    fp32_buffers = ("tau_ptr", "alpha_ptr", "dtau_ptr")
-    for name, kernel in kernels.items():
-        constexprs = dict(plans[name].meta, UPCAST=False)
-        warps = constexprs.pop("num_warps")
-        if "TAU_PTR" in kernel.arg_names:
-            constexprs["TAU_PTR"] = True
-        signature = {
-            arg: "constexpr" if arg in constexprs
-            else ("*fp32" if arg in fp32_buffers else f"*{dtype}") if arg.endswith("_ptr")
-            else "fp32" if arg == "tau_value" else "i32"
-            for arg in kernel.arg_names
-        }
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs),
-                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-        cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"compose_{name}_{dtype}_{os.getpid()}.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([str(_nvidia_tool("cuobjdump")), "--dump-resource-usage", str(cubin)],
-                               capture_output=True, text=True, check=True).stdout
-        cubin.unlink()
-        stack = int(re.search(r"STACK:(\d+)", usage).group(1))
-        if dtype != "fp32":
-            assert stack == 0, f"{name} spills registers: {usage}"
-            assert "mma" in compiled.asm["ptx"], f"{name} does not use tensor cores"
-
-
-@pytest.mark.skipif(IN_CHILD or not HAS_TRITON, reason="starts the interpreter run; needs triton")
-def test_triton_kernel_in_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD_FLAG: "1"})
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-k", "TestTritonKernel",
-         "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    report = run.stdout[-6000:] + run.stderr[-3000:]
-    assert run.returncode == 0, report
-    passed = re.search(r"(\d+) passed", run.stdout)
-    assert passed and int(passed.group(1)) >= 22, report
-    assert not re.search(r"\d+ (failed|skipped|error)", run.stdout), report
-    print(run.stdout.strip().splitlines()[-1])
-
-
-# ---------------------------------------------------------------------------------------------
-# The kernel: CPU tensors in the interpreter child, CUDA tensors in-process when there is a GPU
-# ---------------------------------------------------------------------------------------------
-
-SHAPES = [
-    # (B, H, M, L, D): nothing a power of two where it can be avoided
-    (2, 1, 5, 3, 12),     # H=1: whole-prompt softmax
-    (3, 2, 7, 3, 20),     # head width 10, padded to 16
-    (2, 4, 6, 11, 36),    # head width 9, two row blocks of the tile
-    (70, 1, 70, 2, 136),  # several batch blocks, M chunks, pool blocks and column blocks
-]
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# every dtype on the small shapes; the largest in fp32 and bf16 only, to keep the interpreter run short
-SHAPE_DTYPES = [(s, d) for s in SHAPES for d in DTYPES if s[0] < 8 or d is not torch.float16]
-
-
-def triton_compose(logits, values, tau, **kwargs):
-    return compose(logits, values, tau, backend="triton", **kwargs)
-
-
-class TestTritonKernel:
-    __test__ = IN_CHILD or torch.cuda.is_available()
-
-    @pytest.mark.parametrize("shape,dtype", SHAPE_DTYPES, ids=str)
-    def test_forward_and_grads_match_reference(self, shape, dtype):
-        logits, values = make_inputs(*shape, dtype, KERNEL_DEVICE, seed=sum(shape))
-        tau = torch.tensor(0.7, device=KERNEL_DEVICE)
-        grad_out = torch.randn(shape[0], shape[3], shape[4]).to(KERNEL_DEVICE, dtype)
-        got = grads_of(triton_compose, logits, values, tau, grad_out)
-        want = grads_of(compose_reference, logits, values, tau, grad_out)
-        assert got[0].dtype == dtype and got[1].dtype == dtype and got[2].dtype == dtype
-        for name, g, w in zip(("out", "dlogits", "dvalues"), got[:3], want[:3]):
-            torch.testing.assert_close(g, w, **TOLERANCE[dtype], msg=lambda m: f"{name}: {m}")
-        torch.testing.assert_close(got[3], want[3], **TAU_TOLERANCE)
-
-    @pytest.mark.parametrize("tau", [0.35, 2.0])
-    def test_float_tau_and_fp32_logits_with_bf16_pool(self, tau):
-        logits, values = make_inputs(3, 2, 7, 3, 20, torch.bfloat16, KERNEL_DEVICE, logits_dtype=torch.float32)
-        grad_out = torch.randn(3, 3, 20).to(KERNEL_DEVICE, torch.bfloat16)
-        got = grads_of(triton_compose, logits, values, tau, grad_out)
-        want = grads_of(compose_reference, logits, values, tau, grad_out)
-        assert got[3] is None and got[1].dtype == torch.float32
-        torch.testing.assert_close(got[0], want[0], **TOLERANCE[torch.bfloat16])
-        torch.testing.assert_close(got[1], want[1], **TOLERANCE[torch.float32])
-        torch.testing.assert_close(got[2], want[2], **TOLERANCE[torch.bfloat16])
-
-    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-    def test_nonfinite_forward_parity(self, dtype):
-        logits, values = make_inputs(4, 2, 5, 3, 8, dtype, KERNEL_DEVICE)
-        logits[0, 0, 1] = float("-inf")   # a masked pool entry: finite output
-        logits[1, 1, :] = float("-inf")   # everything masked: NaN
-        logits[2, 0, 0] = float("inf")    # NaN, like torch.softmax
-        logits[3, 1, 3] = float("nan")
-        values[2, 1, 5] = float("nan")    # 0 * NaN is NaN for every batch row, as in the reference
-        if dtype is torch.float32:
-            values[4, 2, 0] = float("inf")  # fp32 only: the 16-bit split-weight path turns inf into NaN
-        out = triton_compose(logits, values, 1.3)
-        ref = compose_reference(logits, values, 1.3)
-        assert bool(out.isnan().any()) and bool(out.isfinite().any())
-        assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
-        torch.testing.assert_close(out, ref, equal_nan=True, **TOLERANCE[dtype])
-
-    def test_masked_pool_entries_forward_and_backward(self):
-        logits, values = make_inputs(3, 2, 70, 2, 8, torch.float32, KERNEL_DEVICE)
-        logits[:, 0, 2] = float("-inf")
-        logits[1, 1, :64] = float("-inf")  # a whole chunk of M masked: the online softmax must not NaN
-        tau = torch.tensor(0.9, device=KERNEL_DEVICE)
-        grad_out = torch.randn(3, 2, 8, device=KERNEL_DEVICE)
-        got = grads_of(triton_compose, logits, values, tau, grad_out)
-        want = grads_of(compose_reference, logits, values, tau, grad_out)
-        for g, w in zip(got[:3], want[:3]):
-            assert bool(g.isfinite().all())
-            torch.testing.assert_close(g, w, **TOLERANCE[torch.float32])
-        assert bool(got[1][:, 0, 2].eq(0).all()) and bool(got[1][1, 1, :64].eq(0).all())
-        assert bool(got[3].isnan()) and bool(want[3].isnan())  # d/dtau of -inf/tau: 0 * inf in both
-
-    @pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 0.05), (torch.float16, 0.004)])
-    def test_weights_keep_fp32_precision_with_16bit_values(self, dtype, atol):
-        """Values of +-256 that nearly cancel: a weight rounded to the values' dtype would be off by
-        256 * 2**-9 (bf16) or 256 * 2**-12 (fp16) per term; the hi+lo split keeps ~2**-17."""
-        batch, pool = 6, 8
-        sign = torch.tensor([(-1.0) ** i for i in range(max(batch, pool))], device=KERNEL_DEVICE)
-        logits = (0.01 * torch.randn(batch, 1, pool, generator=torch.Generator().manual_seed(0))).to(KERNEL_DEVICE)
-        values = (256 * sign[:pool, None, None].expand(pool, 2, 16)).to(dtype)
-        grad_out = (256 * sign[:batch, None, None].expand(batch, 2, 16)).to(dtype)
-        got = grads_of(triton_compose, logits, values, 1.0, grad_out)
-        want = grads_of(compose_reference, logits, values, 1.0, grad_out)
-        assert float(want[0].float().abs().max()) < 4  # nearly cancelled: one bf16 step is <= 2**-6
-        torch.testing.assert_close(got[0].float(), want[0].float(), rtol=0, atol=atol)
-        torch.testing.assert_close(got[2].float(), want[2].float(), rtol=0, atol=atol)
-
-    def test_backward_is_bitwise_repeatable(self):
-        logits, values = make_inputs(70, 2, 9, 3, 20, torch.bfloat16, KERNEL_DEVICE)
-        tau = torch.tensor(0.8, device=KERNEL_DEVICE)
-        grad_out = torch.randn(70, 3, 20).to(KERNEL_DEVICE, torch.bfloat16)
-        first = grads_of(triton_compose, logits, values, tau, grad_out)
-        second = grads_of(triton_compose, logits, values, tau, grad_out)
-        for a, b in zip(first, second):
-            assert torch.equal(a, b)
-        leaf = values.detach().requires_grad_()
-        out = triton_compose(logits, leaf, tau)
-        out.backward(grad_out, retain_graph=True)
-        once = leaf.grad.clone()
-        out.backward(grad_out)
-        assert torch.equal(leaf.grad, 2 * once)
-
-    def test_out_buffer_writes_only_its_slice_and_routes_grads(self):
-        batch, length, width, offset, rows = 3, 4, 20, 2, 9
-        logits, values = make_inputs(batch, 2, 7, length, width, torch.float32, KERNEL_DEVICE)
-        base = torch.full((batch, rows, width), 7.0, device=KERNEL_DEVICE, requires_grad=True)
-        weights = torch.randn(batch, rows, width, device=KERNEL_DEVICE)
-
-        def run(backend):
-            a, v = logits.detach().requires_grad_(), values.detach().requires_grad_()
-            base.grad = None
-            buffer = base * 1
-            view = compose(a, v, 0.6, backend=backend, out=buffer, row_offset=offset)
-            assert view.shape == (batch, length, width) and view.data_ptr() == buffer[:, offset].data_ptr()
-            snapshot = buffer.detach().clone()
-            (buffer * weights).sum().backward()
-            return snapshot, a.grad, v.grad, base.grad.clone()
-
-        got, want = run("triton"), run("torch")
-        rest = torch.ones(rows, dtype=torch.bool)
-        rest[offset:offset + length] = False
-        assert bool((got[0][:, rest] == 7).all())
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w, **TOLERANCE[torch.float32])
-        assert bool((got[3][:, offset:offset + length] == 0).all())
-        assert torch.equal(got[3][:, rest], weights[:, rest])
-
-    def test_strided_inputs_and_expanded_grad(self):
-        logits, values = make_inputs(3, 2, 5, 4, 12, torch.float32, KERNEL_DEVICE)
-        logits_t = logits.transpose(0, 2).contiguous().transpose(0, 2)  # same values, other strides
-        values_t = values.transpose(0, 1).contiguous().transpose(0, 1)
-        assert not logits_t.is_contiguous() and not values_t.is_contiguous()
-        got = grads_of(triton_compose, logits_t, values_t, 1.1, torch.ones(1, 1, 1, device=KERNEL_DEVICE).expand(3, 4, 12))
-        want = grads_of(compose_reference, logits, values, 1.1, torch.ones(3, 4, 12, device=KERNEL_DEVICE))
-        for g, w in zip(got[:3], want[:3]):
-            torch.testing.assert_close(g, w, **TOLERANCE[torch.float32])
-
-    def test_empty_batch(self):
-        logits, values = make_inputs(0, 2, 5, 4, 12, torch.float32, KERNEL_DEVICE)
-        out = triton_compose(logits.requires_grad_(), values.requires_grad_(), 1.0)
-        assert out.shape == (0, 4, 12)
-        out.sum().backward()
-        assert bool((values.grad == 0).all())
