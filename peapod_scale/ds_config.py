@@ -31,6 +31,28 @@ def choose_precision(requested: str, *, cuda: bool, bf16_supported: bool) -> str
     return "bf16" if bf16_supported else "fp16"
 
 
+def shipped_configs() -> dict[str, Path]:
+    """Name -> file of the configs installed with the package (ds_configs/ in a clone)."""
+    from importlib.resources import files
+
+    folder = files("peapod_scale.ds_configs")
+    return {entry.name[:-len(".json")]: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".json")}
+
+
+def locate(name_or_path: str | Path) -> Path:
+    """``--deepspeed``: a JSON file, or the name of a shipped config (z1, z2, z3, z3_offload), so that an
+    installed `peapod-scale train` outside a clone has its configs too."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    name = path.name[:-len(".json")] if path.name.endswith(".json") else path.name
+    if name in shipped and (str(name_or_path) == name or path.parent.name == "ds_configs"):
+        return shipped[name]
+    raise FileNotFoundError(f"DeepSpeed config {name_or_path} not found: give a JSON file or one of the shipped "
+                            f"configs by name ({', '.join(sorted(shipped))})")
+
+
 def resolve(path: str | Path, *, world_size: int, micro_batch_size: int | None, grad_accum: int | None,
             lr: float | None, precision: str = "auto", cuda: bool | None = None,
             bf16_supported: bool | None = None) -> dict:
@@ -38,9 +60,7 @@ def resolve(path: str | Path, *, world_size: int, micro_batch_size: int | None, 
     device's, by default this process's, see ``distributed.use_cuda``)."""
     from .distributed import use_cuda
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DeepSpeed config {path} not found (the repository ships ds_configs/z1|z2|z3|z3_offload.json)")
+    path = locate(path)
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:

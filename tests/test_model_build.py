@@ -9,18 +9,28 @@ def _model():
 
 def test_random_embedding_tables_get_the_scaled_learning_rate():
     model = _model()
-    body, fast = optimizer_groups(model, lr=1e-3, embedding_lr_scale=30, backbone_is_random=True)
-    assert fast["lr"] == 1e-3 * 30 and body["lr"] == 1e-3
+    body, no_decay, fast = optimizer_groups(model, lr=1e-3, embedding_lr_scale=30, backbone_is_random=True)
+    assert fast["lr"] == 1e-3 * 30 and body["lr"] == no_decay["lr"] == 1e-3
     fast_ids = {id(p) for p in fast["params"]}
     assert fast_ids == {id(model.user_prompt.users.weight), id(model.t5.shared.weight)}
-    every = [p for g in (body, fast) for p in g["params"]]
+    every = [p for g in (body, no_decay, fast) for p in g["params"]]
     assert len(every) == len({id(p) for p in every}) == len(list(model.parameters()))  # each parameter once
+
+
+def test_norm_weights_and_biases_get_no_weight_decay():
+    model = _model()
+    body, no_decay, _ = optimizer_groups(model, lr=1e-3, embedding_lr_scale=30, backbone_is_random=True)
+    assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in body  # the others: the config's decay
+    norms = {id(p) for n, p in model.named_parameters() if "layer_norm" in n}
+    biases = {id(p) for n, p in model.named_parameters() if n.endswith(".bias")}
+    assert norms and {id(p) for p in no_decay["params"]} == norms | biases
+    assert id(model.t5.encoder.block[0].layer[0].SelfAttention.q.weight) in {id(p) for p in body["params"]}
 
 
 def test_pretrained_token_embeddings_keep_the_body_rate():
     model = _model()
     groups = optimizer_groups(model, lr=1e-3, embedding_lr_scale=30, backbone_is_random=False)
-    assert [id(p) for p in groups[1]["params"]] == [id(model.user_prompt.users.weight)]
+    assert [id(p) for p in groups[-1]["params"]] == [id(model.user_prompt.users.weight)]
     assert any(p is model.t5.shared.weight for p in groups[0]["params"])
 
 

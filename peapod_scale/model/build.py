@@ -110,8 +110,23 @@ def build_model(cfg: TrainConfig, num_users: int, vocab_size: int, ds_config: di
     return freeze_backbone(model) if cfg.train == "prompts" else model
 
 
+def no_decay_names(model: torch.nn.Module) -> set[str]:
+    """Parameters kept out of weight decay, as Hugging Face's Trainer does: biases and norm weights.
+
+    Decaying a norm's gain pulls it towards 0, which rescales the layer's whole output; decay is meant
+    for the matrices."""
+    names = set()
+    for module_name, module in model.named_modules():
+        is_norm = isinstance(module, torch.nn.LayerNorm) or "LayerNorm" in type(module).__name__
+        for name, _ in module.named_parameters(recurse=False):
+            if is_norm or name == "bias":
+                names.add(f"{module_name}.{name}" if module_name else name)
+    return names
+
+
 def optimizer_groups(model: PeaPOD, lr: float, embedding_lr_scale: float, backbone_is_random: bool) -> list[dict]:
-    """Parameter groups: embedding tables that start random learn ``embedding_lr_scale`` times faster.
+    """Parameter groups: embedding tables that start random learn ``embedding_lr_scale`` times faster, and
+    biases and norm weights get no weight decay (the others the DeepSpeed config's).
 
     Adam moves a weight by about ``lr`` per update, but a row of an embedding table is only updated
     when its id occurs in a batch, and T5 initialises embeddings with std 1.0: at the body's learning
@@ -119,10 +134,14 @@ def optimizer_groups(model: PeaPOD, lr: float, embedding_lr_scale: float, backbo
     embeddings keep the body's rate.
     """
     fast_names = {"user_prompt.users.weight"} | ({"t5.shared.weight"} if backbone_is_random else set())
+    no_decay = no_decay_names(model)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    body = [p for n, p in trainable if n not in fast_names]
+    body = [p for n, p in trainable if n not in fast_names and n not in no_decay]
+    body_no_decay = [p for n, p in trainable if n not in fast_names and n in no_decay]
     fast = [p for n, p in trainable if n in fast_names]
     groups = [{"params": body, "lr": lr}]
+    if body_no_decay:
+        groups.append({"params": body_no_decay, "lr": lr, "weight_decay": 0.0})
     if fast:
         groups.append({"params": fast, "lr": lr * embedding_lr_scale})
     return groups
