@@ -122,30 +122,55 @@ class StepMeter:
     """Per-window sums of one rank's work and time per phase; ``summary`` reduces them over the ranks.
 
     Phases: data (next batch, collate, copy to device), forward, backward, optimizer (engine.step).
-    On CUDA each phase ends with a synchronize so the split is real (costs a little overlap).
+    On CUDA a phase's time is only real after a synchronize, and a synchronize per phase would stop the
+    host from queueing the next step while the GPU works. So on CUDA only the first optimizer step of
+    each window (all its micro-steps) is timed with synchronizes, from a drained GPU (``reset``), and
+    the phase times are that step's; on CPU every step is timed (nothing to wait for).
     """
 
     PHASES = ("data", "forward", "backward", "optimizer")
 
-    def __init__(self, flops_of_batch=None):
+    def __init__(self, flops_of_batch=None, synchronize=None):
+        """``synchronize``: waits for the device (default: torch.cuda.synchronize on CUDA, none on CPU)."""
         self.flops_of_batch = flops_of_batch
-        self.cuda = use_cuda()
+        if synchronize is None and use_cuda():
+            synchronize = torch.cuda.synchronize
+        self.synchronize = synchronize
+        self.cuda = synchronize is not None
+        self.syncs = 0  # device synchronizes issued (a GPU run's cost of timing the phases)
         self.reset()
 
     def reset(self) -> None:
+        if self.cuda:
+            self.synchronize()  # once a window: the timed step starts from an idle GPU
+            self.syncs += 1
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
         self.samples = self.tokens = self.flops = 0.0
         self.steps = 0
+        self.timed_steps = 0
         self.start = self._last = time.perf_counter()
         reset_peak_memory()
 
+    @property
+    def timing(self) -> bool:
+        """Whether the current step's phases are timed (on CUDA: the window's first step)."""
+        return not self.cuda or self.steps == 0
+
     def phase(self, name: str) -> None:
         """Close the phase ``name`` (the time since the previous call)."""
-        if self.cuda:
-            torch.cuda.synchronize()
+        timing = self.timing
+        if timing and self.cuda:
+            self.synchronize()
+            self.syncs += 1
         now = time.perf_counter()
-        self.seconds[name] += now - self._last
+        if timing:
+            self.seconds[name] += now - self._last
         self._last = now
+
+    def end_step(self) -> None:
+        """One optimizer step done (after its last micro-step)."""
+        self.timed_steps += self.timing
+        self.steps += 1
 
     def skip(self) -> None:
         """Leave the time since the last phase (a validation, a checkpoint) out of the window."""
@@ -181,7 +206,7 @@ class StepMeter:
             "throughput/tokens_per_s": tokens / elapsed,
             "throughput/tokens_per_s_per_rank": tokens / world_size / elapsed,
             "time/step_s": elapsed / steps,
-            **{f"time/{name}_s": self.seconds[name] / steps for name in self.PHASES},
+            **{f"time/{name}_s": self.seconds[name] / max(self.timed_steps, 1) for name in self.PHASES},
             "memory/peak_gib": peak_bytes / 2**30,
         }
         peak_flops = device_peak_flops()

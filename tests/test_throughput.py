@@ -35,7 +35,7 @@ def test_step_meter_counts_samples_tokens_and_phases():
     for name in meter.PHASES:
         meter.phase(name)
     meter.count(batch, prompt_tokens=3)
-    meter.steps += 1
+    meter.end_step()
     assert (meter.samples, meter.tokens, meter.flops) == (2, 5 + 6 + 3, 1.0)
     summary = meter.summary(HostCollectives(world_size=1))
     assert {"throughput/samples_per_s", "throughput/tokens_per_s_per_rank", "time/data_s", "time/optimizer_s",
@@ -65,3 +65,23 @@ def test_peak_flops_match_device_names_exactly():
     assert throughput.device_peak_flops("NVIDIA H200 NVL") == 835e12  # not the SXM H200's 989e12
     assert throughput.device_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert throughput.device_peak_flops("NVIDIA H800") is None  # unknown: MFU is not reported
+
+
+def test_on_a_device_only_the_first_step_of_a_window_waits_for_it():
+    waits = []
+    meter = throughput.StepMeter(synchronize=lambda: waits.append(1))
+    waits.clear()  # the construction's own drain
+    for step in range(10):  # a 10-step window, 2 micro-steps a step
+        for _ in range(2):
+            for name in meter.PHASES:
+                meter.phase(name)
+        meter.end_step()
+    assert len(waits) == 2 * len(meter.PHASES)  # not 10 x 2 x 4: the host runs ahead on the other 9 steps
+    assert meter.timed_steps == 1 and meter.steps == 10
+    summary = meter.summary(HostCollectives(world_size=1))
+    assert summary["time/forward_s"] >= 0 and len(waits) == 2 * len(meter.PHASES) + 1  # reset drains once
+    cpu = throughput.StepMeter()  # no device: every step is timed, nothing waits
+    for _ in range(3):
+        cpu.phase("data")
+        cpu.end_step()
+    assert cpu.timed_steps == 3 and cpu.syncs == 0
