@@ -165,6 +165,25 @@ def _recommend(argv: list[str]) -> int:
     return 0
 
 
+def _report(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from .report import add_arguments, report
+
+    parser = argparse.ArgumentParser(prog="peapod-scale report",
+                                     description="Training curves (per-task loss, lr, throughput, validation) and final "
+                                                 "metrics of one or more run folders as PNGs and a Markdown page.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    output = args.output or (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("report"))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ValueError("report draws with matplotlib: pip install 'peapod-scale[bench]' (or matplotlib)") from None
+    print(f"wrote {report(args.runs, output)}")
+    return 0
+
+
 COMMANDS = {
     "prepare": (_prepare, "raw data -> validated Parquet dataset folder"),
     "train": (_train, "train with DeepSpeed, then evaluate on the test split"),
@@ -172,6 +191,7 @@ COMMANDS = {
     "export": (_export, "ZeRO checkpoint -> consolidated Hugging Face-format model folder"),
     "recommend": (_recommend, "top-k items for one user of a dataset"),
     "estimate": (_estimate, "per-GPU memory of a ZeRO stage / offload setup, before running it"),
+    "report": (_report, "a run's curves and metrics as PNGs and Markdown (several runs side by side)"),
 }
 
 
