@@ -127,7 +127,7 @@ def test_explanation_batches_hold_only_rows_with_text_and_ranks_split_them(datas
     for rank in range(2):
         stream = _stream(dataset, rank=rank, weights={"explanation": 1.0})
         batches = _take(stream, per_epoch)
-        assert stream.state_dict()["sources"] == {"train_explanation": {"epoch": 1, "batch": 0}}
+        assert stream.state_dict()["sources"] == {"train_explanation": {"epoch": 1, "global_batch": 0}}
         for _, batch in batches:
             assert ((batch["labels"] != -100).sum(1) > 1).all()  # some text before </s>
         prompts.append({text for _, b in batches for text in codec.decode(b["input_ids"].tolist())})
@@ -135,16 +135,72 @@ def test_explanation_batches_hold_only_rows_with_text_and_ranks_split_them(datas
     assert prompts[0] | prompts[1] <= with_text
 
 
-@pytest.mark.parametrize("stop_at", [5, 23])  # mid-epoch, and after the train source wrapped around
-def test_resume_continues_at_the_next_batch_with_another_worker_count(dataset, stop_at):
-    uninterrupted = _take(_stream(dataset, rank=1, workers=2), stop_at + 6)
-    before = _stream(dataset, rank=1, workers=2)
+@pytest.mark.parametrize("stop_at, accum", [(5, 1), (23, 1), (7, 2)])  # mid-epoch, after the train source wrapped
+def test_resume_continues_at_the_next_batch_with_another_worker_count(dataset, stop_at, accum):  # (7, 2): mid-step
+    uninterrupted = _take(_stream(dataset, rank=1, workers=2, accum=accum), stop_at + 6)
+    before = _stream(dataset, rank=1, workers=2, accum=accum)
     consumed = _take(before, stop_at)
     state = before.state_dict()
-    assert state["micro_batches"] == stop_at
-    after = _stream(dataset, rank=1, workers=1)
+    assert (state["micro_batches"], state["global_steps"], state["micro_step"]) == (stop_at, *divmod(stop_at, accum))
+    after = _stream(dataset, rank=1, workers=1, accum=accum)
     after.load_state_dict(json.loads(json.dumps(state)))  # it travels in a checkpoint
     assert _same(consumed + _take(after, 6), uninterrupted)
+
+
+def _global_order(per_rank, accum):
+    """The ranks' micro-batches in the global order: micro-step a of rank r is global slice a * ranks + r."""
+    world = len(per_rank)
+    return [per_rank[rank][step * accum + micro] for step in range(len(per_rank[0]) // accum)
+            for micro in range(accum) for rank in range(world)]
+
+
+def _ranks_run(dataset, world, accum, steps, workers, state=None):
+    per_rank, states = [], []
+    for rank in range(world):
+        stream = _stream(dataset, rank=rank, world=world, workers=workers, batch=2, accum=accum)
+        if state is not None:
+            stream.load_state_dict(json.loads(json.dumps(state)))
+        per_rank.append(_take(stream, steps * accum))
+        states.append(stream.state_dict())
+    assert all(other == states[0] for other in states)
+    return _global_order(per_rank, accum), states[0]
+
+
+@pytest.mark.parametrize("old_world, new_world, workers", [(2, 1, 2), (1, 2, 1)])
+def test_resume_on_another_rank_count_continues_the_global_sequence(dataset, old_world, new_world, workers):
+    """Global batch 8 (micro-batch 2 x accumulation 4 / 1 rank or 2 / 2 ranks), all three tasks: stopped at
+    step 5 and resumed on the other rank count, every global step holds the uninterrupted run's batches."""
+    accum, total = {1: 4, 2: 2}, 24
+    uninterrupted, end = _ranks_run(dataset, 1, 4, total, 1)
+    assert end["sources"]["train"]["epoch"] >= 1 and end["sources"]["train_explanation"]["epoch"] >= 1
+    assert _same(_ranks_run(dataset, 2, 2, total, 1)[0], uninterrupted)  # the same global batches on 2 ranks
+    before, state = _ranks_run(dataset, old_world, accum[old_world], 5, workers)
+    assert (state["global_steps"], state["micro_step"], state["global_batch_size"]) == (5, 0, 8)
+    after, _ = _ranks_run(dataset, new_world, accum[new_world], total - 5, workers, state)
+    assert _same(before + after, uninterrupted)
+    # and across the stop the first epoch of the train rows has each row once: 84 rows = 10 global batches + 4 left out
+    manifest, codec = read_manifest(dataset), load_codec(dataset)
+    table = pq.read_table(dataset / manifest["splits"]["train"]["files"][0])
+    train_rows = set(zip(table["user"].to_pylist(), table["target"].to_pylist()))
+    resumed = before + after
+    steps = [resumed[i:i + 4] for i in range(0, len(resumed), 4)]  # 4 micro-batches of 2 rows per global step
+    train_steps = [step for step in steps if step[0][0] != "explanation"]
+    seen = [(user, int(label)) for step in train_steps[:10] for _, batch in step
+            for user, label in zip(batch["user_ids"].tolist(), codec.decode(batch["labels"].clamp(min=0).tolist()))]
+    assert len(seen) == len(set(seen)) == 80 and set(seen) <= train_rows
+
+
+def test_a_global_batch_that_cannot_be_kept_is_refused(dataset):
+    state = _stream(dataset, world=2, batch=2, accum=2).state_dict()
+    with pytest.raises(ValueError, match="global batch was 8 .* now 12 .*3 ranks"):
+        _stream(dataset, world=3, batch=2, accum=2).load_state_dict(state)
+
+
+def test_a_per_rank_state_from_before_the_global_stream_is_refused(dataset):
+    old = {"micro_batches": 6, "sources": {"train": {"epoch": 0, "batch": 4}, "train_explanation": {"epoch": 0, "batch": 2}},
+           "seed": 3, "batch_size": 4, "world_size": 2, "task_weights": dict.fromkeys(ALL, 1.0), "grad_accum": 1}
+    with pytest.raises(ValueError, match="per-rank position .* refused"):
+        _stream(dataset).load_state_dict(old)
 
 
 def test_resume_refuses_other_weights(dataset):

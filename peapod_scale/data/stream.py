@@ -42,8 +42,10 @@ def task_stream(data_dir: str | Path, manifest: dict, weights: dict[str, float],
                 grad_accum: int = 1):
     """Endless ``(task, model batch)`` pairs for this rank, rendered and tokenized in the loader workers.
 
-    One row source per kind of row (see tasks.py); every rank gets the same number of batches, so no
-    collective waits on a rank whose shard ran out first.
+    ``batch_size`` is the micro-batch; with ``grad_accum`` and ``world_size`` it makes the global batch
+    that every optimizer step takes from one global sequence, each rank its slice (see reader.py), so
+    every rank gets the same number of batches and the position resumes on another number of ranks.
+    One row source per kind of row (see tasks.py).
     """
     from .reader import ShardStream
     from .tasks import SOURCE_COLUMNS, SOURCE_OF, TaskBatches, TaskSchedule, TaskStream
@@ -55,6 +57,6 @@ def task_stream(data_dir: str | Path, manifest: dict, weights: dict[str, float],
                              f"text from it); re-create the dataset with `peapod-scale prepare ... --overwrite`")
         sources[source] = ShardStream(split_files(data_dir, manifest, source), batch_size, rank, world_size,
                                       seed=seed, window_rows=shuffle_buffer, columns=SOURCE_COLUMNS[source],
-                                      name=f"{data_dir} {source}")
-    dataset = TaskBatches(sources, TaskSchedule(weights, seed), batcher, grad_accum)
+                                      name=f"{data_dir} {source}", grad_accum=grad_accum)
+    dataset = TaskBatches(sources, TaskSchedule(weights, seed), batcher)
     return TaskStream(dataset, num_workers=num_workers)

@@ -11,19 +11,24 @@ Why this shape:
 - **One row source per kind of row, not per task.** Sequential and top-N both read the ``train``
   split and share one position in it; explanation reads ``train_explanation`` (only rows whose
   target has text, written by ``prepare``), so it never has to skip textless rows and every batch is
-  full. Each source is a ``ShardStream``, which cuts every epoch into the same number of batches per
-  rank; since all ranks follow the same task sequence they consume identical (source, epoch, batch)
-  positions and so run the same number of steps. Memory is one window per source per worker.
+  full. Each source is a ``ShardStream``: one global sequence of global batches (micro-batch x
+  accumulation x ranks rows), each rank taking its slice. An optimizer step takes the next global
+  batch of its task's source; since all ranks follow the same task sequence they consume identical
+  (source, epoch, global batch) positions and so run the same number of steps. Memory is one window
+  per source per worker.
 - **Workers own the expensive part.** Micro-batch n is built by worker ``(n - start) % workers``,
   which every worker can work out alone by walking the same schedule; PyTorch's loader takes
   batches from its workers round-robin, so the main process receives tensors in micro-batch order,
-  whatever the worker count. Top-N negatives are seeded by the micro-batch index, not by the worker.
-  Workers hand over numpy arrays, wrapped as tensors without a copy on arrival: a torch tensor
-  crosses the process boundary through a shared-memory file of its own, which for these small
-  batches cost ~7 ms per batch against <1 ms for pickling the arrays through the pipe.
-- **The position is small and exact.** ``(micro-batches consumed, (epoch, batch) per source)``
-  counted in the main process as batches are handed to the trainer (not as workers prefetch), so
-  ``load_state_dict`` on a new stream, with any worker count, continues at exactly the next batch.
+  whatever the worker count. Top-N negatives are seeded by the micro-batch's place in the global
+  sequence (optimizer step and row offset inside its global batch), not by the rank or worker, so an
+  example gets the same candidates on any number of ranks. Workers hand over numpy arrays, wrapped
+  as tensors without a copy on arrival: a torch tensor crosses the process boundary through a
+  shared-memory file of its own, which for these small batches cost ~7 ms per batch against <1 ms
+  for pickling the arrays through the pipe.
+- **The position is small, exact and world-size free.** ``(optimizer steps done, micro-steps into
+  the next, (epoch, global batch) per source)``, counted in the main process as batches are handed
+  to the trainer (not as workers prefetch), so ``load_state_dict`` on a new stream, with any worker
+  count and any rank count that keeps the global batch, continues at exactly the next global batch.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import templates
 from .batches import TaskBatcher
-from .reader import ShardStream
+from .reader import SAME_ON_RESUME, ShardStream, check_resumable
 
 SOURCE_OF = {"sequential": "train", "topn": "train", "explanation": "train_explanation"}
 SOURCE_COLUMNS = {"train": ["user", "history", "target"], "train_explanation": ["user", "target", "explanation"]}
@@ -119,31 +124,36 @@ class TaskSchedule:
 
 
 class Position:
-    """How far the stream has gone: micro-batches handed out, and (epoch, batch) of each row source."""
+    """How far the stream has gone: optimizer steps done, micro-steps into the next, (epoch, global batch) per source."""
 
-    def __init__(self, sources: Sequence[str]):
-        self.micro_batches = 0
+    def __init__(self, sources: Sequence[str], grad_accum: int):
+        self.steps, self.micro_step, self.grad_accum = 0, 0, grad_accum
         self.sources = {name: [0, 0] for name in sources}
 
-    def advance(self, source: str, steps_per_epoch: int) -> None:
-        self.micro_batches += 1
+    @property
+    def micro_batches(self) -> int:
+        """This rank's micro-batches handed out: the index the loader workers split on."""
+        return self.steps * self.grad_accum + self.micro_step
+
+    def advance(self, source: str, global_batches_per_epoch: int) -> None:
+        self.micro_step += 1
+        if self.micro_step < self.grad_accum:
+            return
+        self.steps, self.micro_step = self.steps + 1, 0
         epoch, batch = self.sources[source]
-        self.sources[source] = [epoch, batch + 1] if batch + 1 < steps_per_epoch else [epoch + 1, 0]
+        self.sources[source] = [epoch, batch + 1] if batch + 1 < global_batches_per_epoch else [epoch + 1, 0]
 
 
 class TaskBatches(IterableDataset):
     """Endless ``(task, model batch)`` pairs of this rank from ``position`` on, split over loader workers."""
 
-    def __init__(self, sources: Mapping[str, ShardStream], schedule: TaskSchedule, batcher: TaskBatcher,
-                 grad_accum: int = 1):
-        self.sources, self.schedule, self.batcher, self.grad_accum = dict(sources), schedule, batcher, grad_accum
-        self.position = Position(list(self.sources))
-
-    def task_of(self, micro_batch: int) -> str:
-        return self.schedule.task(micro_batch // self.grad_accum)
+    def __init__(self, sources: Mapping[str, ShardStream], schedule: TaskSchedule, batcher: TaskBatcher):
+        self.sources, self.schedule, self.batcher = dict(sources), schedule, batcher
+        self.grad_accum = next(iter(self.sources.values())).grad_accum  # task_stream gives all sources one layout
+        self.position = Position(list(self.sources), self.grad_accum)
 
     def next_source(self, position: Position) -> tuple[str, str]:
-        task = self.task_of(position.micro_batches)
+        task = self.schedule.task(position.steps)
         return task, SOURCE_OF[task]
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
@@ -155,10 +165,13 @@ class TaskBatches(IterableDataset):
             task, source = self.next_source(position)
             stream = self.sources[source]
             if (position.micro_batches - start) % workers == worker:
-                table = stream.read_batch(*position.sources[source])
-                batch = self.batcher.encode_columns(table.to_pydict(), task, step=position.micro_batches)
+                epoch, global_batch = position.sources[source]
+                table = stream.read_batch(epoch, global_batch * self.grad_accum + position.micro_step)
+                # its place in the global sequence: the same rows get the same negatives on any rank count
+                place = position.steps * stream.global_batch_size + stream.first_row(position.micro_step)
+                batch = self.batcher.encode_columns(table.to_pydict(), task, step=place)
                 yield task, {name: tensor.numpy() for name, tensor in batch.items()}
-            position.advance(source, stream.steps_per_epoch)
+            position.advance(source, stream.global_batches_per_epoch)
 
 
 def _as_is(item):
@@ -166,29 +179,36 @@ def _as_is(item):
 
 
 class TaskStream:
-    """The trainer's iterator over ready batches, with a position that survives restarts: ``state_dict()``."""
+    """The trainer's iterator over ready batches, with a position that survives restarts: ``state_dict()``.
+
+    The state is world-size free; ``load_state_dict`` accepts it on any number of ranks that keeps the
+    global batch (reader.check_resumable says what changed otherwise). A state written before the
+    global-batch stream (per-rank ``batch_size`` / ``world_size`` keys, no ``global_batch_size``) is
+    refused with a message: its ranks' contiguous ranges cannot be continued without a skip or repeat.
+    """
 
     def __init__(self, dataset: TaskBatches, num_workers: int = 1):
         self.dataset, self.num_workers = dataset, num_workers
-        self.position = Position(list(dataset.sources))
+        self.position = Position(list(dataset.sources), dataset.grad_accum)
 
     def _layout(self) -> dict:
-        any_source = next(iter(self.dataset.sources.values()))
-        return {"seed": any_source.seed, "batch_size": any_source.batch_size, "world_size": any_source.world_size,
-                "task_weights": self.dataset.schedule.weights, "grad_accum": self.dataset.grad_accum}
+        sources = self.dataset.sources
+        return {**next(iter(sources.values())).layout(), "files": {name: s.fingerprint for name, s in sources.items()},
+                "task_weights": self.dataset.schedule.weights}
 
     def state_dict(self) -> dict:
-        sources = {name: {"epoch": e, "batch": b} for name, (e, b) in self.position.sources.items()}
-        return {"micro_batches": self.position.micro_batches, "sources": sources, **self._layout()}
+        sources = {name: {"epoch": e, "global_batch": b} for name, (e, b) in self.position.sources.items()}
+        return {"global_steps": self.position.steps, "micro_step": self.position.micro_step,
+                "micro_batches": self.position.micro_batches, "sources": sources, **self._layout()}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, mine in self._layout().items():
-            if state.get(key) != mine:
-                raise ValueError(f"cannot resume the data stream: {key} was {state.get(key)}, now {mine}; "
-                                 f"resume with the same --seed, batch sizes, rank count and --task-weights")
-        self.position.micro_batches = state["micro_batches"]
+        check_resumable(state, self._layout(), {**SAME_ON_RESUME, "task_weights": "--task-weights"})
+        if set(state["sources"]) != set(self.position.sources):
+            raise ValueError(f"cannot resume the data stream: it read {', '.join(state['sources'])}, now "
+                             f"{', '.join(self.position.sources)}; resume with the same --task-weights")
+        self.position.steps, self.position.micro_step = state["global_steps"], state["micro_step"]
         for name in self.position.sources:
-            self.position.sources[name] = [state["sources"][name]["epoch"], state["sources"][name]["batch"]]
+            self.position.sources[name] = [state["sources"][name]["epoch"], state["sources"][name]["global_batch"]]
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
         self.dataset.position = copy.deepcopy(self.position)
@@ -199,5 +219,5 @@ class TaskStream:
         for task, batch in loader:
             expected, source = self.dataset.next_source(self.position)
             assert task == expected, (task, expected)  # workers and the main process walk the same schedule
-            self.position.advance(source, self.dataset.sources[source].steps_per_epoch)
+            self.position.advance(source, self.dataset.sources[source].global_batches_per_epoch)
             yield task, {name: torch.from_numpy(array) for name, array in batch.items()}
