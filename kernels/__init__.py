@@ -6,6 +6,8 @@ Importing this package never needs a GPU or triton: without triton only the refe
 available.
 """
 
-from .compose import ComposeFunction, compose, compose_reference, compose_triton
+from .compose import ComposeFunction, check_compose_backend, compose, compose_reference, compose_triton
+from .triton_support import TritonUnavailableError
 
-__all__ = ["ComposeFunction", "compose", "compose_reference", "compose_triton"]
+__all__ = ["ComposeFunction", "TritonUnavailableError", "check_compose_backend", "compose", "compose_reference",
+           "compose_triton"]

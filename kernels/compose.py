@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from .triton_compose import FLOAT_DTYPES, MAX_POOL_SIZE_TRITON, kernels_interpreted, launch_backward, launch_forward, triton
+from .triton_compose import FLOAT_DTYPES, MAX_POOL_SIZE_TRITON, launch_backward, launch_forward
+from .triton_support import use_triton
 
 
 def _check_shapes(logits: torch.Tensor, values: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -70,12 +71,7 @@ def _check_triton(logits: torch.Tensor, pool: torch.Tensor, tau) -> None:
         raise ValueError(f"Triton compose supports M <= {MAX_POOL_SIZE_TRITON}, got M={pool_size}; use backend='torch'")
     if isinstance(tau, torch.Tensor) and tau.numel() != 1:
         raise ValueError(f"Triton compose needs a scalar tau, got shape {tuple(tau.shape)}")
-    if triton is None:
-        raise RuntimeError("backend='triton' needs the triton package, which is not importable here")
-    if not pool.is_cuda and not kernels_interpreted():
-        raise RuntimeError(
-            "backend='triton' on CPU tensors runs only in Triton's interpreter: set TRITON_INTERPRET=1 "
-            "before peapod_scale.kernels is imported")
+    use_triton("triton", pool.device, logits.dtype, pool.dtype)  # raises TritonUnavailableError, saying why
 
 
 class ComposeFunction(torch.autograd.Function):
@@ -109,8 +105,8 @@ def compose_triton(logits: torch.Tensor, pool: torch.Tensor, tau: float | torch.
 
 
 def _triton_fits(logits: torch.Tensor, values: torch.Tensor, tau) -> bool:
-    """What ``backend='auto'`` sends to the kernel: CUDA, shared pool, supported dtypes and sizes."""
-    return (triton is not None and values.is_cuda and logits.is_cuda and values.dim() == 3
+    """What ``backend='auto'`` offers the kernel: CUDA, shared pool, supported dtypes and sizes."""
+    return (values.is_cuda and logits.device == values.device and values.dim() == 3
             and logits.dtype in FLOAT_DTYPES and values.dtype in FLOAT_DTYPES
             and 0 < values.shape[0] <= MAX_POOL_SIZE_TRITON
             and not (isinstance(tau, torch.Tensor) and tau.numel() != 1))
@@ -118,10 +114,23 @@ def _triton_fits(logits: torch.Tensor, values: torch.Tensor, tau) -> bool:
 
 def compose(logits: torch.Tensor, values: torch.Tensor, tau: float | torch.Tensor = 1.0,
             backend: str = "auto") -> torch.Tensor:
-    """Dispatch: ``auto`` picks Triton on CUDA and the torch reference elsewhere."""
+    """Dispatch: ``auto`` picks Triton on CUDA where it can run (else one warning and the reference)
+    and the torch reference elsewhere; ``triton`` insists (``TritonUnavailableError`` where it cannot run)."""
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"compose backend must be auto, torch or triton, got {backend!r}")
     _check_shapes(logits, values)
-    if backend == "triton" or (backend == "auto" and _triton_fits(logits, values, tau)):
+    if backend == "triton" or (backend == "auto" and _triton_fits(logits, values, tau)
+                               and use_triton("auto", values.device, logits.dtype, values.dtype)):
         return compose_triton(logits, values, tau)
     return compose_reference(logits, values, tau)
+
+
+def check_compose_backend(backend: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """The path a shared pool of ``dtype`` on ``device`` will take, ``'triton'`` or ``'torch'``, found
+    before training starts: ``--compose triton`` that cannot run raises ``TritonUnavailableError`` (a
+    ValueError: one ``error:`` line from the CLI), ``auto`` warns once where it falls back."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"--compose must be auto, torch or triton, got {backend!r}")
+    if backend == "torch" or (backend == "auto" and torch.device(device).type != "cuda"):
+        return "torch"
+    return "triton" if use_triton(backend, device, dtype, dtype) else "torch"

@@ -56,11 +56,13 @@ from typing import NamedTuple
 
 import torch
 
+TRITON_IMPORT_ERROR = None  # why ``import triton`` failed, for the messages of triton_support
 try:  # a CPU-only install must still import this module and run the reference
     import triton
     import triton.language as tl
-except Exception:  # ImportError, or a broken triton install (missing libraries)
+except Exception as error:  # ImportError, or a broken triton install (missing libraries)
     triton = None
+    TRITON_IMPORT_ERROR = f"{type(error).__name__}: {error}"
 
     class _NoTriton:
         """Stand-in so the kernel definitions below still parse; they are never launched."""
