@@ -33,9 +33,18 @@ class TrainConfig:
     task_weights: Optional[str] = _opt(None, "TASK=WEIGHT,... e.g. sequential=1,topn=1,explanation=0.5: each optimizer "
                                              "step trains one task, drawn in these proportions, the same on every "
                                              "rank; chooses the tasks itself (default: equal weights over --tasks)")
-    resume: Optional[str] = _opt(None, "continue a run from its checkpoint: a checkpoints folder (its latest tag), a "
-                                       "run folder, or one tag folder; restores weights, optimizer, scheduler, data "
-                                       "stream position and RNG, so the loss curve continues exactly")
+    resume: str = _opt("auto", "auto: continue from the newest complete checkpoint in RUN/checkpoints if there is one, "
+                               "else start fresh; none: start fresh (refused where RUN already has checkpoints, "
+                               "unless --overwrite); or a path: a run folder, a checkpoints folder (its newest complete "
+                               "checkpoint) or one checkpoint tag folder. Restores weights, optimizer, scheduler, data "
+                               "stream position, validation tracker and every rank's RNG, so the loss curve continues "
+                               "exactly; another number of ranks is converted to a universal checkpoint")
+    save_every: int = _opt(500, "optimizer steps between checkpoints (also one at the end, and one when a "
+                                "SIGTERM/SIGUSR1 stops the run)")
+    keep_last: int = _opt(2, "periodic checkpoints kept; older ones are deleted once a newer one is complete "
+                             "(0: keep all; the best validated checkpoint is kept apart)")
+    overwrite: bool = _opt(False, "with --resume none: delete the run folder's earlier checkpoints, TensorBoard "
+                                  "events, model and metrics, and start again")
     topn_candidates: int = _opt(20, "candidates in a top-N training prompt (1 positive + sampled negatives)")
     train: str = _opt("all", "what learns: all parameters, or prompts (frozen backbone; task prompts, whole-word "
                              "embedding and the user prompt module only)", choices=["all", "prompts"])
