@@ -3,7 +3,8 @@
 Ranking tasks (sequential, top-N) report HR/NDCG for the model and both baselines, plus the share of
 the model's returned answers that are not valid items (not a number, not an item, or for top-N not one
 of the candidates): constrained decoding must bring it to 0. The explanation task generates one text
-per row whose target has an explanation and reports BLEU-1/4 and ROUGE-1/2/L against it.
+per row whose target has an explanation and reports BLEU-1/4 and ROUGE-1/2/L against it, both the papers'
+ROUGE and standard ROUGE, each named as such (see text_metrics).
 """
 
 from __future__ import annotations
@@ -184,15 +185,18 @@ def format_table(results: dict) -> str:
         if task not in results or not results[task]["model"]:
             continue
         names = list(results[task]["model"])
+        widths = [max(8, len(n)) for n in names]
         if names != header:  # ranking tasks share one header; explanation has its own metrics
             header = names
-            lines.append(f"{'task':<11} {'method':<12} " + " ".join(f"{n:>8}" for n in names))
+            lines.append(f"{'task':<11} {'method':<12} " + " ".join(f"{n:>{w}}" for n, w in zip(names, widths)))
         for method, values in results[task].items():
-            lines.append(f"{task:<11} {method:<12} " + " ".join(f"{values[n]:>8.4f}" for n in names))
+            lines.append(f"{task:<11} {method:<12} " + " ".join(f"{values[n]:>{w}.4f}" for n, w in zip(names, widths)))
     invalid = results.get("invalid_answers", {})
     if invalid:
         lines.append("model answers that are not valid items: "
                      + ", ".join(f"{task} {share:.1%}" for task, share in invalid.items()))
+    if "explanation" in results and results["explanation"]["model"]:
+        lines.append(text_metrics.ROUGE_NOTE)
     if "explanation_rows" in results:
         lines.append(f"explanation: {results['explanation_rows']} rows with a reference text")
     return "\n".join(lines)

@@ -1,10 +1,21 @@
-"""Explanation metrics: BLEU-1/4 and ROUGE-1/2/L F-scores, x 100, on whitespace tokens.
+"""Explanation metrics: BLEU-1/4 and two ROUGE-1/2/L F-scores, x 100, on whitespace tokens.
 
 BLEU-n is corpus-level (Papineni et al. 2002), as the PETER / P5 / POD evaluation code computes it:
 clipped n-gram counts summed over all pairs for orders 1..n, the geometric mean of the n precisions
 (no smoothing: a zero precision gives 0), times the brevity penalty exp(1 - R/C) when the generated
-length C is below the reference length R. ROUGE-1/2 (n-gram overlap) and ROUGE-L (longest common
-subsequence) are F1 per pair (harmonic mean of precision and recall), averaged over pairs.
+length C is below the reference length R.
+
+ROUGE comes in two versions, because the papers' numbers are not standard ROUGE:
+
+- ``ROUGE-n/papers``: what PETER's ``rouge.py`` (from Google's tf-seq2seq, used by POD and PeaPOD)
+  computes. ROUGE-1/2 compare *sets* of distinct n-grams (a repeated n-gram counts once on each side)
+  with F1 = 2PR / (P + R + 1e-8); ROUGE-L weights its F with beta = P / R,
+  F = (1 + beta^2) P R / (R + beta^2 P), which leans towards the smaller of P and R. Words are the
+  text's space-separated pieces, so an empty text is one empty word. Use these beside published tables.
+- ``ROUGE-n/standard``: Lin (2004) as the rouge-score package computes F1 (on whitespace tokens,
+  without its tokenizer or stemmer): clipped n-gram *counts*, ROUGE-L F1 with beta = 1.
+
+Both are per-pair scores averaged over pairs.
 """
 
 from __future__ import annotations
@@ -55,10 +66,8 @@ def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def rouge(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F1 over pairs, x 100."""
-    if len(references) != len(hypotheses) or not references:
-        raise ValueError(f"need equal, non-zero numbers of references and hypotheses "
-                         f"(got {len(references)} and {len(hypotheses)})")
+    """Standard ROUGE (Lin 2004): mean ROUGE-1, ROUGE-2 and ROUGE-L F1 over pairs, x 100."""
+    _check_pairs(references, hypotheses)
     totals = {"ROUGE-1": 0.0, "ROUGE-2": 0.0, "ROUGE-L": 0.0}
     for reference, hypothesis in zip(references, hypotheses):
         ref, hyp = reference.split(), hypothesis.split()
@@ -69,6 +78,51 @@ def rouge(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, flo
     return {name: 100.0 * value / len(references) for name, value in totals.items()}
 
 
+def _check_pairs(references: Sequence[str], hypotheses: Sequence[str]) -> None:
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"need equal, non-zero numbers of references and hypotheses "
+                         f"(got {len(references)} and {len(hypotheses)})")
+
+
+def _script_words(text: str) -> list[str]:
+    """The script's words: ``text.split(" ")`` after joining whitespace runs (so "" is one empty word)."""
+    return " ".join(text.split()).split(" ")
+
+
+def _script_rouge_n(ref: list[str], hyp: list[str], n: int) -> float:
+    r = {tuple(ref[i : i + n]) for i in range(len(ref) - n + 1)}
+    h = {tuple(hyp[i : i + n]) for i in range(len(hyp) - n + 1)}
+    overlap = len(r & h)
+    precision = overlap / len(h) if h else 0.0
+    recall = overlap / len(r) if r else 0.0
+    return 2.0 * precision * recall / (precision + recall + 1e-8)
+
+
+def _script_rouge_l(ref: list[str], hyp: list[str]) -> float:
+    lcs = _lcs(hyp, ref)
+    recall, precision = lcs / len(ref), lcs / len(hyp)
+    beta = precision / (recall + 1e-12)
+    return (1 + beta**2) * recall * precision / (recall + beta**2 * precision + 1e-12)
+
+
+def rouge_papers(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """The papers' ROUGE (PETER's tf-seq2seq-style script): mean ROUGE-1/2/L F over pairs, x 100."""
+    _check_pairs(references, hypotheses)
+    totals = {"ROUGE-1": 0.0, "ROUGE-2": 0.0, "ROUGE-L": 0.0}
+    for reference, hypothesis in zip(references, hypotheses):
+        ref, hyp = _script_words(reference), _script_words(hypothesis)
+        totals["ROUGE-1"] += _script_rouge_n(ref, hyp, 1)
+        totals["ROUGE-2"] += _script_rouge_n(ref, hyp, 2)
+        totals["ROUGE-L"] += _script_rouge_l(ref, hyp)
+    return {name: 100.0 * value / len(references) for name, value in totals.items()}
+
+
+ROUGE_NOTE = ("ROUGE-n/papers: the PETER/POD/PeaPOD script (distinct n-grams, ROUGE-L with beta = P/R), comparable "
+              "with their tables; ROUGE-n/standard: Lin 2004 F1 (n-gram counts, beta = 1)")
+
+
 def explanation_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
-    return {"BLEU-1": bleu(references, hypotheses, 1), "BLEU-4": bleu(references, hypotheses, 4),
-            **rouge(references, hypotheses)}
+    out = {"BLEU-1": bleu(references, hypotheses, 1), "BLEU-4": bleu(references, hypotheses, 4)}
+    out.update({f"{name}/papers": value for name, value in rouge_papers(references, hypotheses).items()})
+    out.update({f"{name}/standard": value for name, value in rouge(references, hypotheses).items()})
+    return out

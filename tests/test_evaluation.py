@@ -75,11 +75,12 @@ def test_explanation_is_scored_on_the_rows_with_a_reference(reviews):
     with_text = [r for r in read_rows(data, manifest, "test") if r["explanation"]]
     assert results["explanation_rows"] == len(with_text) == manifest["task_rows"]["test"]["explanation"] > 0
     scores = results["explanation"]["model"]
-    assert set(scores) == {"BLEU-1", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L"}
+    assert set(scores) == {"BLEU-1", "BLEU-4", *(f"ROUGE-{n}/{kind}" for n in "12L" for kind in ("papers", "standard"))}
     assert all(0.0 <= value <= 100.0 for value in scores.values())
     assert set(results["invalid_answers"]) == {"sequential"}  # only ranking tasks have item answers
     table = format_table(results)
     assert "explanation model" in " ".join(table.split()) and "BLEU-4" in table and "HR@10" in table
+    assert "ROUGE-L/papers" in table and "ROUGE-n/papers: the PETER/POD/PeaPOD script" in table
 
 
 def test_explanation_on_data_without_text_says_which_sources_have_it(tmp_path):
