@@ -5,6 +5,11 @@ the model's returned answers that are not valid items (not a number, not an item
 of the candidates): constrained decoding must bring it to 0. The explanation task generates one text
 per row whose target has an explanation and reports BLEU-1/4 and ROUGE-1/2/L against it, both the papers'
 ROUGE and standard ROUGE, each named as such (see text_metrics).
+
+Memory: a batch of ``batch_size`` rows is split into generate calls that fit a memory budget sized
+from the model (``generation_memory``); without ZeRO-3 lock-step an out-of-memory error halves the
+rows per call and retries. ``results["generation"]`` says, per task, the longest prompt (no prompt
+is cut), the rows per call and how often they were halved.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from . import metrics, text_metrics
-from .distributed import progress_interval
+from .distributed import HostCollectives, progress_interval
+from .generation_memory import RowLimit, device_budget, is_out_of_memory
 from .baselines import Popularity, Transitions
 from .data.batches import TaskBatcher, evaluation_candidates
 from .data.stream import read_rows, training_sequences
@@ -35,12 +40,8 @@ EXPLANATION_MAX_TOKENS = 48
 _PLACEHOLDER_ROW = {"user": 1, "history": [1], "target": 1, "negatives": [1], "explanation": ""}  # keeps an empty rank in lock-step
 
 
-def _gather(objects: list, world_size: int) -> list:
-    if world_size == 1:
-        return objects
-    gathered: list[list] = [None] * world_size  # type: ignore[list-item]
-    dist.all_gather_object(gathered, objects)
-    return [x for part in gathered for x in part]
+def _gather(objects: list, collectives: HostCollectives) -> list:
+    return [x for part in collectives.gather_objects(objects) for x in part]
 
 
 def _max_answer_tokens(codec: TextCodec, num_items: int) -> int:
@@ -55,6 +56,80 @@ def _generation_batches(rows: Sequence[dict], batch_size: int, num_batches: int,
                       mininterval=progress_interval()):
         chunk = list(rows[index * batch_size : (index + 1) * batch_size])
         yield chunk, chunk or list(rows[:1]) or [_PLACEHOLDER_ROW]
+
+
+def _parts(rows: int, calls: int) -> list[list[int]]:
+    """``calls`` contiguous, near-equal lists of row indices; empty ones when there are more calls than rows."""
+    return [list(range(rows * i // calls, rows * (i + 1) // calls)) for i in range(calls)]
+
+
+class _Generation:
+    """The generate calls of one task on this rank: sized by ``RowLimit``, in lock-step when ``synced``.
+
+    A batch of ``batch_size`` rows is split into as many calls as the memory budget needs. Under
+    ZeRO-3 (``synced``) every forward is a collective, so all ranks must make the same number of calls:
+    the count per batch is the largest any rank needs (one small all-reduce), and a rank with fewer
+    rows runs throw-away calls. Without ``synced`` a rank that runs out of memory halves the rows per
+    call and retries that call's rows in two; in lock-step that is impossible (the other ranks are
+    inside the same forward, waiting on a collective), so there it stops with what to set instead.
+    """
+
+    def __init__(self, model, batcher: TaskBatcher, task: str, limit: RowLimit, collectives: HostCollectives,
+                 synced: bool, constraints: AnswerConstraints | None, **generate_kwargs):
+        self.model, self.batcher, self.task, self.limit = model, batcher, task, limit
+        self.collectives, self.synced, self.constraints = collectives, synced, constraints
+        self.device = next(model.parameters()).device
+        self.generate_kwargs = generate_kwargs
+        self.longest_prompt = 0  # tokens of the longest text prompt (soft prompts not counted)
+        self.largest_call = 0  # rows of the largest call that ran real rows
+
+    def texts(self, rows: Sequence[dict]) -> list[str]:
+        """The generated texts of ``rows`` (``num_return_sequences`` per row, in row order)."""
+        batch = self.batcher(rows, self.task, with_labels=False)
+        width = batch["input_ids"].shape[1]
+        self.longest_prompt = max(self.longest_prompt, width)
+        calls = math.ceil(len(rows) / self.limit.rows(width))
+        if self.synced:
+            calls = int(self.collectives.max([float(calls)])[0])
+        texts = []
+        for part in _parts(len(rows), calls):
+            if part:
+                texts += self._run(batch, rows, part)
+            else:  # lock-step: this rank has fewer rows than calls; the output is thrown away
+                self._run(batch, rows, [0], real=False)
+        return texts
+
+    def _run(self, batch: dict[str, torch.Tensor], rows: Sequence[dict], part: list[int], real: bool = True) -> list[str]:
+        try:
+            texts = self._generate(batch, rows, part)
+            self.largest_call = max(self.largest_call, len(part) if real else 0)
+            return texts
+        except Exception as error:  # noqa: BLE001 -- only out-of-memory is handled, the rest re-raised
+            if not is_out_of_memory(error):
+                raise
+            if self.synced or len(part) == 1:
+                raise RuntimeError(self._cannot_back_off(len(part))) from error
+        # out of the except block: the failed call's tensors (held by the traceback) are freed now
+        self.limit.halve(len(part))
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(part) // 2
+        return self._run(batch, rows, part[:half], real) + self._run(batch, rows, part[half:], real)
+
+    def _generate(self, batch: dict[str, torch.Tensor], rows: Sequence[dict], part: list[int]) -> list[str]:
+        index = torch.tensor(part)
+        width = int(batch["attention_mask"][index].sum(1).max())  # drop columns that are padding in every row
+        inputs = {name: (t[index, :width] if t.dim() == 2 else t[index]).to(self.device) for name, t in batch.items()}
+        constraint = self.constraints.for_rows([rows[i] for i in part], self.task) if self.constraints else None
+        generated = self.model.generate(**inputs, constraint=constraint, synced_gpus=self.synced,
+                                        **self.generate_kwargs)
+        return self.batcher.codec.decode(generated.tolist())
+
+    def _cannot_back_off(self, rows: int) -> str:
+        where = ("in lock-step with the other ranks (ZeRO-3), where ranks cannot back off together"
+                 if self.synced else "with a single row")
+        return (f"evaluation ({self.task}) ran out of memory generating {rows} rows per call {where}: lower "
+                f"--eval-batch-size (evaluate --batch-size) to {max(1, rows // 2)} or --num-beams")
 
 
 def _is_valid_answer(item: int | None, row: dict, task: str, num_items: int) -> bool:
@@ -74,43 +149,30 @@ def _scored(answers: Sequence[str], row: dict, task: str, num_items: int) -> tup
 
 
 @torch.no_grad()
-def model_ranks(model, batcher: TaskBatcher, rows: Sequence[dict], task: str, *, batch_size: int,
-                num_beams: int, max_new_tokens: int, show_progress: bool, num_batches: int | None = None,
-                synced: bool = False, constrained: bool = False) -> list[tuple[int, int | None, int]]:
+def model_ranks(generation: _Generation, rows: Sequence[dict], *, batch_size: int, num_batches: int,
+                show_progress: bool) -> list[tuple[int, int | None, int]]:
     """(user, 0-based rank of the held-out item or None, invalid answers returned) per row, by beam search.
 
-    Under ZeRO-3 every forward is a collective: ``synced`` keeps ranks generating in lock-step, and
-    ``num_batches`` makes a rank whose shard ran out run throw-away batches until the others finish.
+    ``num_batches`` makes a rank whose shard ran out run throw-away batches until the others finish
+    (ZeRO-3 lock-step).
     """
-    device = next(model.parameters()).device
-    returned = min(TOP_K, num_beams)
-    num_batches = math.ceil(len(rows) / batch_size) if num_batches is None else num_batches
+    returned = generation.generate_kwargs["num_return_sequences"]
     out = []
-    constraints = AnswerConstraints(batcher) if constrained else None  # beams spell only valid items
-    for chunk, used in _generation_batches(rows, batch_size, num_batches, task, show_progress):
-        batch = batcher(used, task, with_labels=False)
-        generated = model.generate(**{k: v.to(device) for k, v in batch.items()}, num_beams=num_beams,
-                                   constraint=constraints.for_rows(used, task) if constraints else None,
-                                   num_return_sequences=returned, max_new_tokens=max_new_tokens, do_sample=False,
-                                   early_stopping=True, synced_gpus=synced)
-        texts = batcher.codec.decode(generated.tolist())
+    for chunk, used in _generation_batches(rows, batch_size, num_batches, generation.task, show_progress):
+        texts = generation.texts(used)
         for i, row in enumerate(chunk):
-            out.append(_scored(texts[i * returned : (i + 1) * returned], row, task, batcher.num_items))
+            out.append(_scored(texts[i * returned : (i + 1) * returned], row, generation.task,
+                               generation.batcher.num_items))
     return out
 
 
 @torch.no_grad()
-def model_explanations(model, batcher: TaskBatcher, rows: Sequence[dict], *, batch_size: int, num_beams: int,
-                       show_progress: bool, num_batches: int | None = None, synced: bool = False) -> list[tuple[int, str]]:
+def model_explanations(generation: _Generation, rows: Sequence[dict], *, batch_size: int, num_batches: int,
+                       show_progress: bool) -> list[tuple[int, str]]:
     """(user, generated explanation) per row: one beam-search text for the row's target item."""
-    device = next(model.parameters()).device
-    num_batches = math.ceil(len(rows) / batch_size) if num_batches is None else num_batches
     out = []
     for chunk, used in _generation_batches(rows, batch_size, num_batches, "explanation", show_progress):
-        batch = batcher(used, "explanation", with_labels=False)
-        generated = model.generate(**{k: v.to(device) for k, v in batch.items()}, num_beams=num_beams,
-                                   max_new_tokens=EXPLANATION_MAX_TOKENS, do_sample=False, synced_gpus=synced)
-        texts = batcher.codec.decode(generated.tolist())
+        texts = generation.texts(used)
         out.extend((row["user"], text.strip()) for row, text in zip(chunk, texts))
     return out
 
@@ -133,44 +195,73 @@ def explanation_rows(rows: Sequence[dict], data_dir: str | Path, split: str) -> 
 def evaluate(model, codec: TextCodec, data_dir: str | Path, manifest: dict, *, split: str = "test",
              tasks: Sequence[str] = RANKING_TASKS, batch_size: int = 32, num_beams: int = 20, seed: int = 42,
              limit: int | None = None, rank: int = 0, world_size: int = 1, synced: bool = False,
-             constrained: bool = False) -> dict:
-    """Metrics for the model (and both baselines on ranking tasks); every rank returns the same dict."""
+             constrained: bool = False, memory_budget: int | None = None,
+             collectives: HostCollectives | None = None) -> dict:
+    """Metrics for the model (and both baselines on ranking tasks); every rank returns the same dict.
+
+    ``memory_budget``: bytes one generate call may use (default: measured on the model's device, see
+    ``generation_memory``); batches of ``batch_size`` rows are split into calls that fit it.
+    ``collectives``: the caller's ``distributed.HostCollectives`` (made here when not given).
+    """
     unknown = set(tasks) - set(EVAL_TASKS)
     if unknown:
         raise ValueError(f"cannot evaluate {sorted(unknown)}: the tasks are {', '.join(EVAL_TASKS)}")
+    if collectives is None:
+        collectives = HostCollectives.for_world(world_size)
     rows = read_rows(data_dir, manifest, split)[:limit]
     batcher = TaskBatcher(codec, manifest["counts"]["items"], seed=seed)
     was_training = model.training
     model.eval()
-    results: dict = {"split": split, "users": len(rows), "num_beams": num_beams, "constrained": constrained}
+    if memory_budget is None:
+        memory_budget = device_budget(next(model.parameters()).device)
+    results: dict = {"split": split, "users": len(rows), "num_beams": num_beams, "constrained": constrained,
+                     "batch_size": batch_size, "generation": {}}
     ranking = [t for t in tasks if t in RANKING_TASKS]
     if ranking:
-        max_new_tokens = _max_answer_tokens(codec, manifest["counts"]["items"])
+        returned = min(TOP_K, num_beams)
+        answer_tokens = _max_answer_tokens(codec, manifest["counts"]["items"])
         sequences = list(training_sequences(data_dir, manifest))
         baselines = {"popularity": Popularity(sequences), "transitions": Transitions(sequences)}
         results["invalid_answers"] = {}
+        constraints = AnswerConstraints(batcher) if constrained else None  # beams spell only valid items
     for task in ranking:
-        mine = model_ranks(model, batcher, rows[rank::world_size], task, batch_size=batch_size, num_beams=num_beams,
-                           max_new_tokens=max_new_tokens, show_progress=rank == 0, synced=synced, constrained=constrained,
+        generation = _Generation(model, batcher, task, RowLimit(model, batch_size=batch_size, num_beams=num_beams,
+                                                                answer_tokens=answer_tokens + 1, budget=memory_budget),
+                                 collectives, synced, constraints, num_beams=num_beams, num_return_sequences=returned,
+                                 max_new_tokens=answer_tokens, do_sample=False, early_stopping=True)
+        mine = model_ranks(generation, rows[rank::world_size], batch_size=batch_size, show_progress=rank == 0,
                            num_batches=_batches_per_rank(len(rows), world_size, batch_size))
-        gathered = sorted(_gather(mine, world_size), key=lambda entry: entry[0])
+        gathered = sorted(_gather(mine, collectives), key=lambda entry: entry[0])
         results[task] = {"model": metrics.summarize([r for _, r, _ in gathered])}
         for name, baseline in baselines.items():
             results[task][name] = metrics.summarize(baseline_ranks(baseline, rows, task, seed))
-        returned = len(gathered) * min(TOP_K, num_beams)
-        results["invalid_answers"][task] = sum(n for _, _, n in gathered) / max(returned, 1)
+        results["invalid_answers"][task] = sum(n for _, _, n in gathered) / max(len(gathered) * returned, 1)
+        results["generation"][task] = _generation_summary(generation, collectives)
     if "explanation" in tasks:
         explained = explanation_rows(rows, data_dir, split)
-        mine = model_explanations(model, batcher, explained[rank::world_size], batch_size=batch_size,
-                                  num_beams=num_beams, show_progress=rank == 0, synced=synced,
+        generation = _Generation(model, batcher, "explanation",
+                                 RowLimit(model, batch_size=batch_size, num_beams=num_beams,
+                                          answer_tokens=EXPLANATION_MAX_TOKENS + 1, budget=memory_budget),
+                                 collectives, synced, None, num_beams=num_beams, num_return_sequences=1,
+                                 max_new_tokens=EXPLANATION_MAX_TOKENS, do_sample=False)
+        mine = model_explanations(generation, explained[rank::world_size], batch_size=batch_size,
+                                  show_progress=rank == 0,
                                   num_batches=_batches_per_rank(len(explained), world_size, batch_size))
-        texts = dict(_gather(mine, world_size))
+        texts = dict(_gather(mine, collectives))
         hypotheses = [texts[r["user"]] for r in explained]
         results["explanation"] = {"model": text_metrics.explanation_metrics([r["explanation"] for r in explained],
                                                                             hypotheses) if explained else {}}
         results["explanation_rows"] = len(explained)
+        results["generation"]["explanation"] = _generation_summary(generation, collectives)
     model.train(was_training)
     return results
+
+
+def _generation_summary(generation: _Generation, collectives: HostCollectives) -> dict:
+    """Over all ranks: the longest prompt, the largest generate call and the out-of-memory halvings."""
+    longest, largest, halvings = collectives.max([float(generation.longest_prompt), float(generation.largest_call),
+                                                  float(generation.limit.halvings)])
+    return {"longest_prompt_tokens": int(longest), "rows_per_call": int(largest), "oom_halvings": int(halvings)}
 
 
 def _batches_per_rank(rows: int, world_size: int, batch_size: int) -> int:
@@ -199,6 +290,15 @@ def format_table(results: dict) -> str:
         lines.append(text_metrics.ROUGE_NOTE)
     if "explanation_rows" in results:
         lines.append(f"explanation: {results['explanation_rows']} rows with a reference text")
+    generation = results.get("generation", {})
+    if generation:
+        lines.append("longest prompt in tokens (none cut): "
+                     + ", ".join(f"{task} {g['longest_prompt_tokens']}" for task, g in generation.items()))
+        lines.append(f"rows per generate call (batch {results['batch_size']}, fewer where the memory budget needs it): "
+                     + ", ".join(f"{task} {g['rows_per_call']}" for task, g in generation.items()))
+        halved = {task: g["oom_halvings"] for task, g in generation.items() if g["oom_halvings"]}
+        if halved:
+            lines.append("out of memory: rows per call halved " + ", ".join(f"{t} {n}x" for t, n in halved.items()))
     return "\n".join(lines)
 
 
