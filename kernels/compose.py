@@ -19,6 +19,7 @@ save the reference's fp32 up-cast. ``backend="auto"`` routes them to the referen
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .triton_compose import FLOAT_DTYPES, MAX_POOL_SIZE_TRITON, launch_backward, launch_forward
 from .triton_support import use_triton
@@ -71,11 +72,19 @@ def _check_triton(logits: torch.Tensor, pool: torch.Tensor, tau) -> None:
         raise ValueError(f"Triton compose supports M <= {MAX_POOL_SIZE_TRITON}, got M={pool_size}; use backend='torch'")
     if isinstance(tau, torch.Tensor) and tau.numel() != 1:
         raise ValueError(f"Triton compose needs a scalar tau, got shape {tuple(tau.shape)}")
+    if isinstance(tau, torch.Tensor) and tau.device != pool.device and not (tau.device.type == "cpu" and tau.dim() == 0):
+        raise ValueError(f"tau on {tau.device} with values on {pool.device}: a tau tensor goes on the values' device, "
+                         "or is a 0-dim CPU tensor (torch's rule for scalars)")
     use_triton("triton", pool.device, logits.dtype, pool.dtype)  # raises TritonUnavailableError, saying why
 
 
 class ComposeFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels (shared pool)."""
+    """Autograd wrapper of the Triton kernels (shared pool). The backward is not itself differentiable
+    (``once_differentiable``: a double backward raises instead of returning silently wrong zeros).
+
+    tau: a float, or a one-element tensor on the values' device, or a 0-dim CPU tensor; its gradient is
+    computed (and launched) only when it requires one, and returned on tau's own device.
+    """
 
     @staticmethod
     def forward(ctx, logits, pool, tau):
@@ -86,15 +95,17 @@ class ComposeFunction(torch.autograd.Function):
         return launch_forward(logits, pool, tau)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         logits, pool, tau_tensor = ctx.saved_tensors
         tau = ctx.tau if tau_tensor is None else tau_tensor
         need_logits, need_pool, need_tau = ctx.needs_input_grad
         if grad.numel():
-            dlogits, dpool, dtau = launch_backward(logits, pool, tau, grad, need_pool)
+            dlogits, dpool, dtau = launch_backward(logits, pool, tau, grad, need_pool, need_tau)
         else:
-            dlogits, dpool, dtau = torch.zeros_like(logits), torch.zeros_like(pool), logits.new_zeros((), dtype=torch.float32)
-        grad_tau = dtau.reshape(tau.shape).to(tau.dtype) if need_tau else None
+            dlogits, dpool = torch.zeros_like(logits), torch.zeros_like(pool)
+            dtau = logits.new_zeros((), dtype=torch.float32) if need_tau else None
+        grad_tau = dtau.reshape(tau.shape).to(device=tau.device, dtype=tau.dtype) if need_tau else None
         return (dlogits if need_logits else None), (dpool if need_pool else None), grad_tau
 
 
