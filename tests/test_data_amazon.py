@@ -135,3 +135,15 @@ def test_all_beauty(tmp_path):
     assert all(len(e.split()) <= 25 for e in test["explanation"])
     originals = pq.read_table(out / "users.parquet").column("original").to_pylist()
     assert all(o.startswith("A") for o in originals)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_byte_order_mark_before_the_first_review_is_not_data(tmp_path, compress):
+    plain = write_lines(tmp_path / "plain.json", REVIEWS, False).read_bytes()
+    data = "\ufeff".encode() + plain
+    (tmp_path / "marked.json").write_bytes(gzip.compress(data) if compress else data)
+    expected = prepare_dataset("amazon-reviews", str(tmp_path / "plain.json"), str(tmp_path / "a"), **FAST)
+    got = prepare_dataset("amazon-reviews", str(tmp_path / "marked.json"), str(tmp_path / "b"), **FAST)
+    assert got["counts"] == expected["counts"]
+    for table in ("users.parquet", "test"):
+        assert pq.read_table(tmp_path / "b" / table).to_pylist() == pq.read_table(tmp_path / "a" / table).to_pylist()

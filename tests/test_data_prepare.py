@@ -350,3 +350,47 @@ def test_train_explanation_holds_exactly_the_train_rows_with_text_deterministica
     expected = [{"user": r["user"], "target": r["target"], "explanation": r["explanation"]} for r in train if r["explanation"]]
     assert with_text == expected and 0 < len(expected) < len(train)
     assert first["splits"]["train_explanation"]["rows"] == first["task_rows"]["train"]["explanation"] == len(expected)
+
+
+BOM = "\ufeff"  # what Notepad and Excel put at the start of a "UTF-8" file
+
+
+@pytest.mark.parametrize("fmt", ["u.data", "ratings.dat", "ml.inter", "p5"])
+def test_a_byte_order_mark_at_the_start_is_not_data(tmp_path, fmt):
+    """Every text file of the MovieLens and P5 sources may start with a UTF-8 byte-order mark."""
+    plain, marked = tmp_path / "plain", tmp_path / "marked"
+    for folder in (plain, marked):
+        folder.mkdir()
+    if fmt == "p5":
+        paths = [write_p5(folder, "1 1 2 3\r\n2 4 5 6\n") for folder in (plain, marked)]
+        negatives = "1 4 5\n2 1 2\n"
+        for folder in paths:
+            (folder / "negative_samples.txt").write_text(negatives)
+        for name in ("sequential_data.txt", "datamaps.json", "negative_samples.txt"):
+            (marked / name).write_bytes(BOM.encode() + (marked / name).read_bytes())
+    else:
+        paths = [write_movielens(folder, fmt) for folder in (plain, marked)]
+        paths[1].write_bytes(BOM.encode() + paths[1].read_bytes())
+    options = {"num_negatives": 2} if fmt == "p5" else SMALL
+    expected = prepare_dataset("p5" if fmt == "p5" else "movielens", str(paths[0]), str(tmp_path / "a"), **options)
+    got = prepare_dataset("p5" if fmt == "p5" else "movielens", str(paths[1]), str(tmp_path / "b"), **options)
+    assert parquet_bytes(tmp_path / "b") == parquet_bytes(tmp_path / "a")
+    assert got["counts"] == expected["counts"]
+
+
+def test_cli_refuses_an_existing_output_with_one_error_line(tmp_path, capsys):
+    from peapod_scale import cli
+
+    path = write_movielens(tmp_path, "u.data")
+    command = ["prepare", "--source", "movielens", "--input", str(path), "--output", str(tmp_path / "out"),
+               "--num-negatives", "3", "--neighbors", "0"]
+    assert cli.main(command) == 0
+    before = parquet_bytes(tmp_path / "out")
+    capsys.readouterr()
+    assert cli.main(command) == 2
+    printed = capsys.readouterr()
+    assert printed.err == (f"peapod-scale prepare: error: output folder {tmp_path / 'out'} already exists; pass "
+                           "--overwrite to replace it (the old one is replaced only once the new one is complete) "
+                           "or choose another --output\n")
+    assert printed.out == ""
+    assert parquet_bytes(tmp_path / "out") == before

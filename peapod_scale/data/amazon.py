@@ -16,7 +16,8 @@ Explanation target of a review (the text the explanation task learns to generate
 3. else none, written as the empty string "" (the column is never null, so readers need no null
    handling; a row whose explanation is "" is not an explanation example).
 
-Whitespace inside the chosen text is collapsed to single spaces.
+Whitespace inside the chosen text is collapsed to single spaces. A UTF-8 byte-order mark at the
+start of the file is not part of the first review.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import re
 from array import array
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from peapod_scale.data.errors import DataFormatError
+from peapod_scale.progress import advance_to, file_bar
 
 GZIP_MAGIC = b"\x1f\x8b"
 MIN_SENTENCE_TOKENS = 4
@@ -54,19 +57,28 @@ def explanation_of(review_text: str, summary: str) -> str:
     return ""
 
 
-def _open(path: Path):
-    """Binary handle that transparently un-gzips when the file starts with the gzip magic bytes."""
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == GZIP_MAGIC
-    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+def _decompressed(file):
+    """A binary handle over ``file`` (open, at 0) that un-gzips when the file starts with the gzip
+    magic bytes, past a byte-order mark when there is one."""
+    from peapod_scale.data.sources import skip_bom
+
+    gzipped = file.read(2) == GZIP_MAGIC
+    file.seek(0)
+    handle = gzip.GzipFile(fileobj=file, mode="rb") if gzipped else file
+    skip_bom(handle)
+    return handle
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict]]:
+def _records(path: Path, progress: bool = False) -> Iterator[tuple[int, dict]]:
     """(1-based line number, parsed object) per non-blank line; damage is a DataFormatError."""
+    from peapod_scale.data.sources import PROGRESS_EVERY_LINES
+
     lineno = 0
-    with _open(path) as handle:
+    with open(path, "rb") as file, file_bar(os.path.getsize(path), path.name, enabled=progress) as bar:
         try:
-            for lineno, raw in enumerate(handle, 1):
+            for lineno, raw in enumerate(_decompressed(file), 1):
+                if not lineno % PROGRESS_EVERY_LINES:
+                    advance_to(bar, file.tell())  # the compressed file's position: the bar's total is its size
                 if not raw.strip():
                     continue
                 try:
@@ -114,7 +126,7 @@ def _check_rating(record: dict, path: Path, lineno: int) -> None:
         raise DataFormatError(path, lineno, "overall", f"{value!r} is not a number; fix or remove the line")
 
 
-def read_amazon_reviews(input_path: str | Path):
+def read_amazon_reviews(input_path: str | Path, progress: bool = False):
     """Read a review dump into RawSequences with ``texts`` (explanations aligned with items)."""
     from peapod_scale.data.sources import RawSequences  # sources registers this reader
 
@@ -126,7 +138,7 @@ def read_amazon_reviews(input_path: str | Path):
     item_id: dict[str, int] = {}
     users, items, times = array("q"), array("q"), array("q")
     texts: list[str] = []
-    for lineno, record in _records(path):
+    for lineno, record in _records(path, progress):
         user = _string(record, "reviewerID", path, lineno, True)
         item = _string(record, "asin", path, lineno, True)
         times.append(_time(record, path, lineno))

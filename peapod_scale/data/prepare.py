@@ -20,6 +20,8 @@ explanation task streams full batches with equal steps per rank instead of skipp
 counts usable rows per split and task.
 
 Everything is written into a temporary sibling folder that is renamed into place only when complete.
+Long steps show progress bars when asked (the CLI asks; see peapod_scale.progress); the summary goes
+to the ``peapod_scale`` logger (peapod_scale.log), not to print.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -42,9 +45,14 @@ import pyarrow.parquet as pq
 from peapod_scale import __version__
 from peapod_scale.data.default_data import movielens_100k
 from peapod_scale.data.filters import k_core
+from peapod_scale.data.hf_source import DEFAULT_COLUMNS, format_columns, parse_columns
 from peapod_scale.data.synthetic import SYNTHETIC_DEFAULT, generate_synthetic
 from peapod_scale.data.sources import SOURCES, RawSequences, load_source
 from peapod_scale.data.user_similarity import write_user_similarity
+from peapod_scale.log import setup_cli_logging
+from peapod_scale.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 ITEM_INDEX_CHOICES = ("random", "sequential")
@@ -116,13 +124,13 @@ def _rng(seed: int, stream: int, *key: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, *key])
 
 
-def _number(raw: RawSequences, seed: int, item_index: str) -> _Dataset:
-    """Drop users too short for leave-one-out, number users 1..U and items 1..I."""
+def _number(raw: RawSequences, seed: int, item_index: str, where: str) -> _Dataset:
+    """Drop users too short for leave-one-out, number users 1..U and items 1..I (``where`` names the input)."""
     lengths = np.diff(raw.offsets)
     keep = lengths >= MIN_INTERACTIONS
     if not keep.any():
         raise ValueError(
-            f"{raw.inputs[0]}: no user has the {MIN_INTERACTIONS} interactions leave-one-out needs "
+            f"{where}: no user has the {MIN_INTERACTIONS} interactions leave-one-out needs "
             f"(one to train on, one to validate, one to test); nothing to prepare"
         )
     items = raw.items[np.repeat(keep, lengths)]
@@ -280,20 +288,23 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def _write_shards(root: Path, n_rows: int, rows_per_shard: int,
-                  make_tables: Callable[[int, int], dict[str, pa.Table]]) -> dict[str, dict]:
+                  make_tables: Callable[[int, int], dict[str, pa.Table]], what: str, progress: bool) -> dict[str, dict]:
     """Write rows [a, b) shard by shard; make_tables returns one table per split for the range.
 
     A split with no rows still gets one (empty) file, so readers always find its schema.
     """
     splits: dict[str, dict] = {}
-    for shard, a in enumerate(range(0, max(n_rows, 1), rows_per_shard)):
-        for name, table in make_tables(a, min(a + rows_per_shard, n_rows)).items():
-            relative = f"{name}/part-{shard:05d}.parquet"
-            (root / name).mkdir(exist_ok=True)
-            _write_parquet(table, root / relative)
-            split = splits.setdefault(name, {"rows": 0, "files": []})
-            split["rows"] += table.num_rows
-            split["files"].append(relative)
+    with progress_bar(n_rows, f"write {what}", enabled=progress, unit="rows", unit_scale=True) as bar:
+        for shard, a in enumerate(range(0, max(n_rows, 1), rows_per_shard)):
+            b = min(a + rows_per_shard, n_rows)
+            for name, table in make_tables(a, b).items():
+                relative = f"{name}/part-{shard:05d}.parquet"
+                (root / name).mkdir(exist_ok=True)
+                _write_parquet(table, root / relative)
+                split = splits.setdefault(name, {"rows": 0, "files": []})
+                split["rows"] += table.num_rows
+                split["files"].append(relative)
+            bar.update(b - a)
     return splits
 
 
@@ -303,7 +314,7 @@ def _names_table(kind: str, names: list[str]) -> pa.Table:
 
 
 def _write_dataset(root: Path, ds: _Dataset, *, seed: int, max_history: int, num_negatives: int,
-                   rows_per_shard: int) -> dict[str, dict]:
+                   rows_per_shard: int, progress: bool = False) -> dict[str, dict]:
     _write_parquet(_names_table("user", ds.user_original), root / "users.parquet")
     _write_parquet(_names_table("item", ds.item_original), root / "items.parquet")
     rows = _split_rows(ds, max_history)
@@ -329,9 +340,9 @@ def _write_dataset(root: Path, ds: _Dataset, *, seed: int, max_history: int, num
             negatives = _negatives(ds, a, b, num_negatives, seed)
         return {name: _rows_table(ds, rows[name], a, b, eval_schema, negatives) for name in ("valid", "test")}
 
-    splits = _write_shards(root, ds.num_users, rows_per_shard, sequences)
-    splits |= _write_shards(root, len(rows["train"].user), rows_per_shard, train)
-    splits |= _write_shards(root, ds.num_users, rows_per_shard, evaluation)
+    splits = _write_shards(root, ds.num_users, rows_per_shard, sequences, "sequences", progress)
+    splits |= _write_shards(root, len(rows["train"].user), rows_per_shard, train, "train", progress)
+    splits |= _write_shards(root, ds.num_users, rows_per_shard, evaluation, "valid/test", progress)
     return {name: splits[name] for name in ("train", "valid", "test", "sequences", "train_explanation") if name in splits}
 
 
@@ -398,16 +409,21 @@ def _is_replaceable(path: Path) -> bool:
     return path.is_dir() and ((path / "manifest.json").is_file() or not any(path.iterdir()))
 
 
+class OutputExistsError(FileExistsError, ValueError):
+    """The --output folder is already there. A FileExistsError for Python callers; also a ValueError
+    because it is bad user input, which the CLI reports as one ``error:`` line (exit 2)."""
+
+
 def _check_output(out: Path, overwrite: bool) -> None:
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"output folder {out} already exists; pass --overwrite to replace it (the old one is "
             "replaced only once the new one is complete) or choose another --output"
         )
     if not _is_replaceable(out):
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} exists and is not a prepared dataset (no manifest.json) nor an empty folder; "
             "refusing to replace it even with --overwrite: choose another --output"
         )
@@ -431,9 +447,14 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
 def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, seed: int = 42,
                     max_history: int = 20, num_negatives: int = 99, item_index: str = "random",
                     rows_per_shard: int = 200_000, overwrite: bool = False, num_neighbors: int = 20,
-                    mf_dim: int = 64, min_interactions: int = 0, synthetic_shape: tuple[int, int, int] | None = None
-                    ) -> dict:
-    """Read, validate, number and split raw interactions; write the dataset folder; return its manifest."""
+                    mf_dim: int = 64, min_interactions: int = 0, synthetic_shape: tuple[int, int, int] | None = None,
+                    columns: dict[str, str] | None = None, hf_config: str | None = None, hf_split: str | None = None,
+                    progress: bool = False) -> dict:
+    """Read, validate, number and split raw interactions; write the dataset folder; return its manifest.
+
+    ``columns``, ``hf_config`` and ``hf_split`` are --source hf's (see data/hf_source.py); ``progress``
+    draws bars on stderr for the long steps.
+    """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     if item_index not in ITEM_INDEX_CHOICES:
@@ -444,6 +465,10 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
                                ("min_interactions", min_interactions, 0)):
         if not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, not {value!r}")
+    hf_options = {"columns": columns, "hf_config": hf_config, "hf_split": hf_split}
+    if source != "hf" and any(value is not None for value in hf_options.values()):
+        given = ", ".join("--" + name.replace("_", "-") for name, value in hf_options.items() if value is not None)
+        raise ValueError(f"{given}: only for --source hf, not --source {source}")
     out = Path(os.path.abspath(output_dir))
     _check_output(out, overwrite)
     if source == "synthetic":
@@ -451,13 +476,15 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
     elif input_path is None:
         if source != "movielens":
             raise ValueError(f"--input is required for --source {source} (p5: a folder holding "
-                             "sequential_data.txt and datamaps.json; amazon-reviews: a JSON-lines file)")
+                             "sequential_data.txt and datamaps.json; amazon-reviews: a JSON-lines file; hf: a "
+                             "save_to_disk folder, a Parquet/JSON/CSV file or a hub dataset name)")
         input_path = movielens_100k()
     if source != "synthetic":
-        raw = load_source(source, input_path)
+        raw = load_source(source, input_path, progress=progress, **hf_options)
     if min_interactions > 1:  # K-core before leave-one-out, so both users and items have K
         raw, _ = k_core(raw, min_interactions)
-    ds = _number(raw, seed, item_index)
+    where = str(input_path) if source == "hf" else str(raw.inputs[0]) if raw.inputs else raw.description
+    ds = _number(raw, seed, item_index, where)
     if ds.negatives is not None and ds.negatives.shape[1] < num_negatives:
         raise ValueError(f"negative_samples.txt holds {ds.negatives.shape[1]} negatives per user, fewer than "
                          f"--num-negatives={num_negatives}; lower --num-negatives")
@@ -471,6 +498,8 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
         "max_history": max_history,
         **({"synthetic": dict(zip(("num_users", "num_items", "num_interactions"), synthetic_shape or
                                   SYNTHETIC_DEFAULT))} if source == "synthetic" else {}),
+        **({"hf": {"input": str(input_path), "config": hf_config, "split": hf_split,
+                   "columns": dict(DEFAULT_COLUMNS if columns is None else columns)}} if source == "hf" else {}),
         "min_interactions": min_interactions,
         "num_negatives": num_negatives,
         "counts": {"users": ds.num_users, "items": ds.num_items, "interactions": len(ds.items)},
@@ -488,11 +517,12 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
         shutil.rmtree(tmp)  # left by an earlier process with our pid that was killed
     tmp.mkdir(parents=True)
     try:
-        manifest["splits"] = _write_dataset(tmp, ds, seed=seed, max_history=max_history,
-                                            num_negatives=num_negatives, rows_per_shard=rows_per_shard)
+        manifest["splits"] = _write_dataset(tmp, ds, seed=seed, max_history=max_history, num_negatives=num_negatives,
+                                            rows_per_shard=rows_per_shard, progress=progress)
         if num_neighbors > 0:  # user embeddings + neighbour lists for --user-prompt neighbors / --user-init mf
             manifest["user_similarity"] = write_user_similarity(tmp, ds.offsets, ds.items, ds.num_items, seed=seed,
-                                                                num_neighbors=num_neighbors, mf_dim=mf_dim)
+                                                                num_neighbors=num_neighbors, mf_dim=mf_dim,
+                                                                progress=progress)
         _write_manifest(tmp, manifest)
         _attach_tokenizer(tmp, manifest)
         _move_into_place(tmp, out, overwrite)
@@ -519,12 +549,21 @@ def _at_least(least: int) -> Callable[[str], int]:
     return parse
 
 
+def _columns(text: str) -> dict[str, str]:
+    try:
+        return parse_columns(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", required=True, choices=SOURCES,
         help="what --input holds: 'movielens' (u.data, ratings.dat or a RecBole .inter file, "
              "detected from its content), 'p5' (a folder with sequential_data.txt and datamaps.json) or "
-             "'amazon-reviews' (review JSON lines, optionally gzipped; adds explanation targets) or "
+             "'amazon-reviews' (review JSON lines, optionally gzipped; adds explanation targets), "
+             "'hf' (any Hugging Face dataset through the datasets library: a save_to_disk folder, a Parquet, "
+             "JSON or CSV file, or a hub name; see --columns) or "
              "'synthetic' (generated, no --input: Zipf popularity, walks on an item graph, templated reviews)")
     parser.add_argument(
         "--input", metavar="PATH", default=None,
@@ -575,6 +614,16 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
              "both in turn until stable (the Amazon '5-core'); 0 or 1 keeps everything "
              "(default: %(default)s)")
     parser.add_argument(
+        "--columns", metavar="ROLE=COLUMN,...", type=_columns, default=None,
+        help="--source hf only: the dataset's columns for each role, e.g. "
+             "user=reviewerID,item=asin,time=unixReviewTime,text=reviewText (roles: user, item, time, text, "
+             f"summary; text and summary become explanation targets as for amazon-reviews). Unnamed roles "
+             f"default to {format_columns(DEFAULT_COLUMNS)}; time= keeps the rows' order")
+    parser.add_argument("--hf-split", metavar="SPLIT", default=None,
+                        help="--source hf only: read this split (default: every split of the dataset, in its order)")
+    parser.add_argument("--hf-config", metavar="NAME", default=None,
+                        help="--source hf only: the configuration of a hub dataset (load_dataset's name=)")
+    parser.add_argument(
         "--overwrite", action="store_true",
         help="replace an existing output folder (only once the new one is complete); without it an "
              "existing folder is refused so that a finished dataset is never clobbered by accident")
@@ -589,6 +638,8 @@ def format_summary(manifest: dict, output_dir: str | Path, seconds: float) -> st
     lines = [
         f"prepared {manifest['source']} -> {output_dir}",
         *(f"  input {entry['path']} ({entry['bytes']:,} bytes)" for entry in manifest["inputs"]),
+        *([f"  dataset {manifest['hf']['input']}, columns {format_columns(manifest['hf']['columns'])}"]
+          if "hf" in manifest else []),
         f"  item index {manifest['item_index']}, seed {manifest['seed']}, max history "
         f"{manifest['max_history']}, negatives {manifest['num_negatives']}",
         "",
@@ -612,6 +663,8 @@ def format_summary(manifest: dict, output_dir: str | Path, seconds: float) -> st
 
 
 def run_prepare(args: argparse.Namespace) -> dict:
+    """The `prepare` command: progress bars on, the summary logged at INFO (stdout on the CLI)."""
+    setup_cli_logging()  # idempotent; the command line's way of showing the package's messages
     started = time.perf_counter()
     manifest = prepare_dataset(
         args.source, args.input, args.output, seed=args.seed, max_history=args.max_history,
@@ -619,6 +672,7 @@ def run_prepare(args: argparse.Namespace) -> dict:
         rows_per_shard=args.rows_per_shard, overwrite=args.overwrite, num_neighbors=args.neighbors,
         mf_dim=args.mf_dim, min_interactions=args.min_interactions,
         synthetic_shape=(args.num_users, args.num_items, args.num_interactions),
+        columns=args.columns, hf_config=args.hf_config, hf_split=args.hf_split, progress=True,
     )
-    print(format_summary(manifest, args.output, time.perf_counter() - started))
+    log.info(format_summary(manifest, args.output, time.perf_counter() - started))
     return manifest

@@ -1,14 +1,17 @@
-"""Readers for raw interaction data: MovieLens (u.data, ratings.dat, RecBole .inter), P5 and
-Amazon review JSON lines (:mod:`amazon`).
+"""Readers for raw interaction data: MovieLens (u.data, ratings.dat, RecBole .inter), P5, Amazon
+review JSON lines (:mod:`amazon`) and any Hugging Face dataset (:mod:`hf_source`).
 
 Each reader validates every line and returns the users' chronological sequences in *input order*
-as a :class:`RawSequences`; numbering, splitting and writing happen in :mod:`prepare`.
+as a :class:`RawSequences`; numbering, splitting and writing happen in :mod:`prepare`. Text files
+may start with a UTF-8 byte-order mark (Windows editors and Excel write one): it is not data.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
+import os
 import re
 from array import array
 from collections.abc import Callable, Iterator
@@ -19,8 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from peapod_scale.data.errors import DataFormatError
+from peapod_scale.progress import advance_to, file_bar
 
-SOURCES = ("movielens", "p5", "amazon-reviews", "synthetic")  # synthetic: generated in prepare
+SOURCES = ("movielens", "p5", "amazon-reviews", "hf", "synthetic")  # synthetic: generated in prepare
+PROGRESS_EVERY_LINES = 1 << 14  # lines between updates of a reading bar (one tell() each)
 
 P5_SEQUENCES = "sequential_data.txt"
 P5_DATAMAPS = "datamaps.json"
@@ -58,15 +63,21 @@ class RawSequences:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-def load_source(source: str, input_path: str | Path) -> RawSequences:
+def load_source(source: str, input_path: str | Path, *, progress: bool = False, columns: dict[str, str] | None = None,
+                hf_config: str | None = None, hf_split: str | None = None) -> RawSequences:
+    """Read ``input_path`` with the reader of ``source``; the hf_* options and ``columns`` are --source hf's."""
     if source == "movielens":
-        return read_movielens(input_path)
+        return read_movielens(input_path, progress=progress)
     if source == "p5":
-        return read_p5(input_path)
+        return read_p5(input_path, progress=progress)
     if source == "amazon-reviews":
         from peapod_scale.data.amazon import read_amazon_reviews
 
-        return read_amazon_reviews(input_path)
+        return read_amazon_reviews(input_path, progress=progress)
+    if source == "hf":
+        from peapod_scale.data.hf_source import read_hf
+
+        return read_hf(input_path, columns, config=hf_config, split=hf_split, progress=progress)
     raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
@@ -74,15 +85,24 @@ def load_source(source: str, input_path: str | Path) -> RawSequences:
 # Line-level helpers
 
 
-def _content_lines(path: Path) -> Iterator[tuple[int, str]]:
+def skip_bom(handle) -> None:
+    """Step over a UTF-8 byte-order mark at the start of a binary handle, if there is one."""
+    if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+        handle.seek(0)
+
+
+def _content_lines(path: Path, progress: bool = False) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, text without its line ending) for every non-blank line.
 
     Blank lines are allowed only at the end of the file; one followed by more data is an error
     (a hole in the middle of a file usually means it was cut or concatenated wrongly).
     """
     first_blank = None
-    with open(path, "rb") as handle:
+    with open(path, "rb") as handle, file_bar(os.path.getsize(path), path.name, enabled=progress) as bar:
+        skip_bom(handle)
         for lineno, raw in enumerate(handle, 1):
+            if not lineno % PROGRESS_EVERY_LINES:
+                advance_to(bar, handle.tell())
             raw = raw.rstrip(b"\r\n")
             if not raw.strip():
                 first_blank = first_blank or lineno
@@ -167,14 +187,14 @@ def _inter_columns(path: Path, lineno: int, header: str) -> tuple[dict[str, int]
     return columns, len(names)
 
 
-def read_movielens(input_path: str | Path) -> RawSequences:
+def read_movielens(input_path: str | Path, progress: bool = False) -> RawSequences:
     """Read u.data (tab), ratings.dat ('::') or a RecBole .inter file; the format is detected.
 
     Every rating counts as an interaction. Each user's ratings are ordered by timestamp, ties
     by input order; users come in order of first appearance.
     """
     path = _movielens_file(Path(input_path))
-    lines = _content_lines(path)
+    lines = _content_lines(path, progress)
     first = next(lines, None)
     if first is None:
         raise _empty_file(path, "ratings")
@@ -265,7 +285,7 @@ def _datamap(maps: dict, path: Path, kind: str) -> dict[str, str]:
     )
 
 
-def read_p5(folder: str | Path) -> RawSequences:
+def read_p5(folder: str | Path, progress: bool = False) -> RawSequences:
     """Read a P5 folder: sequential_data.txt ("user item1 item2 ...", chronological) + datamaps.json.
 
     Every user and item id must be in datamaps.json; the raw ids it maps to become ``original``.
@@ -277,7 +297,7 @@ def read_p5(folder: str | Path) -> RawSequences:
             raise FileNotFoundError(f"P5 input {path} not found: --input must be a folder holding "
                                     f"{P5_SEQUENCES} and {P5_DATAMAPS}")
     try:
-        with open(maps_path, encoding="utf-8") as handle:
+        with open(maps_path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not JSON
             maps = json.load(handle)
     except json.JSONDecodeError as exc:
         raise DataFormatError(maps_path, exc.lineno, "json", f"not valid JSON ({exc.msg})") from None
@@ -287,7 +307,7 @@ def read_p5(folder: str | Path) -> RawSequences:
 
     user_keys, lengths, items = array("q"), array("q"), array("q")
     line_of_user: dict[int, int] = {}
-    for lineno, text in _content_lines(seq_path):
+    for lineno, text in _content_lines(seq_path, progress):
         tokens = text.split()
         user = _parse_id(tokens[0], seq_path, lineno, "user")
         if str(user) not in id2user:
