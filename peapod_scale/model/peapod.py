@@ -118,7 +118,10 @@ class PeaPOD(nn.Module):
         e.g. ``constraints.PrefixConstraint``) restricts the output to valid answers."""
         if constraint is not None:
             generate_kwargs["prefix_allowed_tokens_fn"] = constraint
-        embeds, mask = self.encoder_inputs(input_ids, attention_mask, whole_word_ids, user_ids, task_ids)
+        # Outside forward() no ZeRO-3 hook gathers PeaPOD's own parameter (submodules gather themselves);
+        # a collective: under ZeRO-3 every rank generates in lock-step (evaluation.py).
+        with gathered(self.task_prompts):
+            embeds, mask = self.encoder_inputs(input_ids, attention_mask, whole_word_ids, user_ids, task_ids)
         encoded = self.t5.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         return self.t5.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
