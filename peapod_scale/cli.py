@@ -46,13 +46,15 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate (default: %(default)s)")
     parser.add_argument("--tasks", default="sequential,topn", help="comma-separated tasks: sequential, topn, explanation (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="users per generation batch (default: %(default)s)")
-    parser.add_argument("--num-beams", type=int, default=20, help="beams; 10 sequences are returned (default: %(default)s)")
+    parser.add_argument("--num-beams", type=int, default=None,
+                        help="beams; 10 sequences are returned (default: the run's --num-beams, 20 without a config)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed that orders top-N candidates (default: the run's own --seed, from its config.json, "
                              "so the numbers equal its metrics_<split>.json; 42 for a folder without one)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
-    parser.add_argument("--constrained", action="store_true",
-                        help="constrained decoding: generate only valid item ids (a prefix trie over their tokens)")
+    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
+                        help="constrained decoding: generate only valid item ids (a prefix trie over their tokens); "
+                             "default: as the run evaluated (its --constrained-decoding)")
     parser.add_argument("--output", default=None, help="metrics JSON (default: CHECKPOINT/metrics_<split>.json)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="dtype of every parameter: auto is the one the run trained in, as the trainer's own "
@@ -69,12 +71,15 @@ def _evaluate(argv: list[str]) -> int:
 
     run_dir = Path(args.checkpoint)
     model, model_dir = load_model(run_dir, args.dtype, info.local_rank)
-    seed = args.seed if args.seed is not None else run_seed(run_dir)
+    run = run_settings(run_dir)  # the run's own protocol unless told otherwise: its numbers come out again
+    seed = args.seed if args.seed is not None else run.get("seed", 42)
+    num_beams = args.num_beams if args.num_beams is not None else run.get("num_beams", 20)
+    constrained = args.constrained if args.constrained is not None else run.get("constrained_decoding", False)
     codec = TextCodec.from_file(model_dir / "tokenizer.json")
     manifest = read_manifest(args.data)
     results = evaluate(model, codec, args.data, manifest, split=args.split, rank=info.rank, world_size=info.world_size,
                        tasks=[t for t in args.tasks.split(",") if t], batch_size=args.batch_size,
-                       num_beams=args.num_beams, seed=seed, limit=args.limit, constrained=args.constrained)
+                       num_beams=num_beams, seed=seed, limit=args.limit, constrained=constrained)
     output = Path(args.output) if args.output else (run_dir / f"metrics_{args.split}.json")
     if info.is_main:
         write_json_atomic(output, results)
@@ -85,15 +90,13 @@ def _evaluate(argv: list[str]) -> int:
     return 0
 
 
-def run_seed(run_dir) -> int:
-    """The seed a run trained and evaluated with (its config.json), 42 when the folder has none."""
+def run_settings(run_dir) -> dict:
+    """The training options a run was started with (its config.json), {} for a folder without one."""
     import json
     from pathlib import Path
 
     config = Path(run_dir) / "config.json"
-    if not config.is_file():
-        return 42
-    return int(json.loads(config.read_text()).get("train", {}).get("seed", 42))
+    return json.loads(config.read_text()).get("train", {}) if config.is_file() else {}
 
 
 def _prepare(argv: list[str]) -> int:

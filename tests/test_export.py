@@ -89,9 +89,10 @@ def test_evaluate_and_recommend_use_the_runs_dtype_and_numbers(bf16_zero3_run, t
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # prompts too, as the engine trained them
     out = tmp_path / "metrics.json"
     _run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--checkpoint", str(run_dir), "--data", str(data),
-          "--num-beams", "2", "--limit", "4", "--batch-size", "1", "--output", str(out)])
+          "--limit", "4", "--batch-size", "1", "--output", str(out)])
     single, trainer = json.loads(out.read_text()), json.loads((run_dir / "metrics_test.json").read_text())
-    for task in ("sequential", "topn"):  # the run's seed and dtype: the trainer's own figures
+    assert single["num_beams"] == 2  # the run's --num-beams, not evaluate's stand-alone default of 20
+    for task in ("sequential", "topn"):  # the run's seed, beams and dtype: the trainer's own figures
         assert single[task]["model"] == pytest.approx(trainer[task]["model"], abs=1e-9), task
     users = json.loads((data / "manifest.json").read_text())
     result = _run([sys.executable, "-m", "peapod_scale.cli", "recommend", "--model", str(run_dir), "--data", str(data),
