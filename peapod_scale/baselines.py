@@ -49,3 +49,27 @@ class Transitions:
 
     def rank_candidates(self, history: Sequence[int], candidates: Sequence[int], k: int) -> list[int]:
         return sorted(candidates, key=self._key(history[-1] if history else None))[:k]
+
+
+class NextIds:
+    """"Last id + 1, + 2, ...": the items numbered right after the user's last item.
+
+    It learns nothing; it scores well only where item numbers carry the interaction order (P5's
+    sequential indexing numbers each user's items consecutively), so it measures that leak: with
+    random item ids it sits at chance.
+    """
+
+    def __init__(self, num_items: int):
+        self.num_items = num_items
+
+    def _distance(self, last: int | None):
+        """Steps forward from the last item to ``item``, wrapping past the last number (1..num_items)."""
+        start = last if last else 0
+        return lambda item: ((item - start - 1) % self.num_items, item)
+
+    def recommend(self, history: Sequence[int], k: int) -> list[int]:
+        start = history[-1] if history else 0
+        return [(start + step) % self.num_items + 1 for step in range(min(k, self.num_items))]
+
+    def rank_candidates(self, history: Sequence[int], candidates: Sequence[int], k: int) -> list[int]:
+        return sorted(candidates, key=self._distance(history[-1] if history else None))[:k]

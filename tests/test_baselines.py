@@ -4,7 +4,7 @@ evaluate()) proof that they learn from training items only."""
 import numpy as np
 import pytest
 
-from peapod_scale.baselines import Popularity, Transitions
+from peapod_scale.baselines import NextIds, Popularity, Transitions
 from peapod_scale.data.prepare import prepare_dataset
 from peapod_scale.data.stream import read_manifest, read_rows
 from peapod_scale.data.tokenizer import load_codec
@@ -27,6 +27,14 @@ def test_transitions_follow_the_last_item_and_fall_back_to_popularity():
     assert trans.recommend([7, 2], 3) == [3, 4, 2]  # 2->3 (x3), 2->4 (x1), then the most popular item
     assert trans.recommend([42], 2) == [2, 1]  # unseen last item: pure popularity
     assert trans.rank_candidates([2], [1, 4, 3], 3) == [3, 4, 1]
+
+
+def test_next_ids_count_up_from_the_last_item_and_wrap():
+    heuristic = NextIds(num_items=10)
+    assert heuristic.recommend([4, 7], 4) == [8, 9, 10, 1]
+    assert heuristic.recommend([], 2) == [1, 2]
+    assert heuristic.recommend([3], 50) == [4, 5, 6, 7, 8, 9, 10, 1, 2, 3]  # never more than the catalogue
+    assert heuristic.rank_candidates([7], [2, 7, 9, 8], 3) == [8, 9, 2]  # the last item itself is the farthest
 
 
 VALID_ITEM, TEST_ITEM = 900, 999

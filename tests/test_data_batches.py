@@ -50,3 +50,19 @@ def test_a_limit_cuts_with_a_warning_and_counts_the_rows(long_rows):
     assert batcher.cut_rows == {"topn": 5}
     assert batcher(short, "topn", with_labels=False)["input_ids"].shape[1] < 200  # a short prompt is left alone
     assert batcher.cut_rows == {"topn": 5}
+
+
+def test_topn_history_shows_the_last_items_in_training_and_evaluation_prompts(long_rows):
+    codec, rows = long_rows
+    history = [5, 9, 13, 17]
+    evaluation_row = {**rows[0], "history": history, "negatives": rows[0]["negatives"][:9]}
+    training_row = {key: evaluation_row[key] for key in ("user", "history", "target")}
+    batcher = TaskBatcher(codec, ITEMS, topn_candidates=10, seed=1, topn_history=3)
+    for row in (evaluation_row, training_row):
+        prompt = batcher.sources([row], "topn")[0]
+        assert prompt.startswith(f"user_{row['user']} interacted with items 9 , 13 , 17 . Which of these")
+        assert len(prompt.split("?")[-1].split(",")) == 10  # the candidates are still all there
+    plain = TaskBatcher(codec, ITEMS, topn_candidates=10, seed=1).sources([evaluation_row], "topn")[0]
+    assert plain == topn_prompt(rows[0]["user"], evaluation_candidates(evaluation_row, 1))  # 0: POD's prompt
+    with pytest.raises(ValueError, match="topn_history -1"):
+        TaskBatcher(codec, ITEMS, topn_history=-1)

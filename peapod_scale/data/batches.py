@@ -73,11 +73,13 @@ class TaskBatcher:
     """
 
     def __init__(self, codec: TextCodec, num_items: int, topn_candidates: int = 20, seed: int = 0,
-                 max_source_length: int | None = None):
+                 max_source_length: int | None = None, topn_history: int = 0):
         if max_source_length is not None and max_source_length < 2:
             raise ValueError(f"max_source_length {max_source_length}: a prompt needs at least one token and </s>")
+        if topn_history < 0:
+            raise ValueError(f"topn_history {topn_history}: the number of recent items shown must be 0 or more")
         self.codec, self.num_items, self.topn_candidates = codec, num_items, topn_candidates
-        self.seed, self.max_source_length = seed, max_source_length
+        self.seed, self.max_source_length, self.topn_history = seed, max_source_length, topn_history
         self.cut_rows: dict[str, int] = {}
         codec.index_numbers(num_items)  # item numbers tokenized once, shared by the forked loader workers
 
@@ -101,10 +103,16 @@ class TaskBatcher:
                                    for u, t, n in zip(users, columns["target"], columns["negatives"])]
             else:
                 candidate_lists = self._training_candidates(columns, step)
-            return [templates.topn_prompt(u, c) for u, c in zip(users, candidate_lists)]
+            recent = self._recent(columns["history"])
+            return [templates.topn_prompt(u, c, h) for u, c, h in zip(users, candidate_lists, recent)]
         if task == "explanation":
             return [templates.explanation_prompt(u, t) for u, t in zip(users, columns["target"])]
         raise ValueError(f"unknown task {task!r}; tasks are {', '.join(templates.TASKS)}")
+
+    def _recent(self, histories: Sequence[Sequence[int]]) -> list[Sequence[int]]:
+        """The last ``topn_history`` items of each history (none when 0): the same rows in training and evaluation."""
+        keep = self.topn_history
+        return [list(h)[-keep:] if keep else () for h in histories]
 
     def sources(self, rows: Sequence[dict], task: str, step: int = 0) -> list[str]:
         return self._sources(as_columns(rows), task, step)

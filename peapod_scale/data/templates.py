@@ -20,8 +20,14 @@ def sequential_prompt(user: int, history: Sequence[int]) -> str:
     return f"user_{user} interacted with items {_items(history)} . Which item comes next ?"
 
 
-def topn_prompt(user: int, candidates: Sequence[int]) -> str:
-    return f"Which of these items should be recommended to user_{user} ? {_items(candidates)}"
+def topn_prompt(user: int, candidates: Sequence[int], history: Sequence[int] = ()) -> str:
+    """POD's top-N question; ``history`` (the user's most recent items, oldest first) is prepended when given.
+
+    Without it the only personal signal is the user prompt, so a model cannot tie a candidate to what the
+    user just watched, which is what the transition baseline ranks by.
+    """
+    question = f"Which of these items should be recommended to user_{user} ? {_items(candidates)}"
+    return f"user_{user} interacted with items {_items(history)} . {question}" if len(history) else question
 
 
 def explanation_prompt(user: int, item: int) -> str:
