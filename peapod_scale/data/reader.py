@@ -167,9 +167,10 @@ def _ranks_text(state: Mapping) -> str:
 def _keep_global_batch(global_batch: int, micro_batch: int, world_size: int) -> str:
     """What to pass on ``world_size`` ranks to keep ``global_batch``, or which rank counts can keep it."""
     if global_batch % world_size:
-        counts = [n for n in range(1, global_batch + 1) if global_batch % n == 0][:8]
+        counts = [str(n) for n in range(1, global_batch + 1) if global_batch % n == 0]
+        shown = ", ".join(counts[:8]) + (", ..." if len(counts) > 8 else "")
         return (f"{global_batch} does not divide over {_ranks(world_size)}: resume on a rank count that divides it "
-                f"({', '.join(map(str, counts))}, ...)")
+                f"({shown})")
     per_rank = global_batch // world_size
     micro = max(m for m in range(1, min(micro_batch, per_rank) + 1) if per_rank % m == 0)
     return f"to keep {global_batch} on {_ranks(world_size)} pass --micro-batch-size {micro} --grad-accum {per_rank // micro}"
