@@ -95,7 +95,7 @@ peapod_launch_command() {
             --ntasks-per-node="$nproc" --cpus-per-task=$(( cpus_per_node / nproc > 0 ? cpus_per_node / nproc : 1 ))
             bash "$rank_sh" "$@")
   fi
-  say "job $SLURM_JOB_ID (restart $restart): $SLURM_NNODES node(s) x $nproc rank(s) [$SLURM_JOB_NODELIST]," \
-      "launcher $launcher, rendezvous $head_node:$port, $OMP_NUM_THREADS thread(s) per rank," \
-      "accelerator ${DS_ACCELERATOR:-cuda}"
+  say "job $SLURM_JOB_ID (restart $restart) at $(date -Is): $SLURM_NNODES node(s) x $nproc rank(s) [$SLURM_JOB_NODELIST]," \
+      "launcher $launcher, rendezvous $head_node:$port, granted ${SLURM_GPUS_ON_NODE:-0} GPU(s) and" \
+      "$cpus_per_node CPU(s) per node, $OMP_NUM_THREADS thread(s) per rank, accelerator ${DS_ACCELERATOR:-cuda}"
 }

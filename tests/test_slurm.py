@@ -9,7 +9,9 @@ CI time: one cluster and one dataset for the module, and one training job serves
 first run is preempted by hand (`scancel --signal=USR1 --batch`), its second is stopped by slurmctld's
 own time-limit signal (`--time=3 --signal=B:USR1@30`), its third finishes. A second job trains the same
 steps under plain srun (no torchrun) without interruption: equal test metrics show both the launcher
-equivalence and that two requeues lost or repeated nothing.
+equivalence and that two requeues lost or repeated nothing. That second job, prepare.sh and the
+bad-argument job run while the first job's second run waits for its time limit with its ranks stopped
+(the nodes advertise room for them: 16 GPUs and 80 CPUs each here).
 """
 
 import json
@@ -63,6 +65,13 @@ class Cluster:
 
     def __init__(self, env: dict[str, str], logs: Path):
         self.env, self.logs = env, logs
+        self.jobs: dict[str, str] = {}  # name -> job id of the jobs submitted by _once
+
+    def once(self, name: str, submit) -> str:
+        """The job ``name``, submitted now by ``submit()`` unless it already was (jobs shared by tests)."""
+        if name not in self.jobs:
+            self.jobs[name] = submit()
+        return self.jobs[name]
 
     def run(self, *command: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         done = subprocess.run(command, cwd=REPO, env={**self.env, **kwargs.pop("env", {})}, capture_output=True,
@@ -85,6 +94,13 @@ class Cluster:
         done = self.run("sacct", "-c", "-j", job, "-n", "-P", "-o", "JobID,State,ExitCode,Start,End")
         fields = ["JobID", "State", "ExitCode", "Start", "End"]
         return [dict(zip(fields, line.split("|"))) for line in done.stdout.splitlines() if line.strip()]
+
+    def running(self, job: str) -> bool:
+        """True while the job has not ended; an AssertionError with its log once it has (stop waiting)."""
+        records = self.records(job)
+        if records and records[-1]["State"].split()[0] in DONE:
+            raise AssertionError(f"job {job} ended ({records[-1]['State']}):\n{self.log(job)[-6000:]}")
+        return True
 
     def wait(self, job: str, timeout: float, what: str = "") -> dict[str, str]:
         """The job's final record once it ended (a requeue is not an end)."""
@@ -141,7 +157,7 @@ def cluster(tmp_path_factory):
     folder = Path(tempfile.mkdtemp(prefix="peapod-slurm-", dir="/tmp"))
     first_port = _free_block(15001, 34000, 12)  # jobs rendezvous on 15000 + id: keep them off used ports
     env = {**os.environ, "PEAPOD_SLURM_PORT": str(_free_block(40000, 60000, 4)),
-           "PEAPOD_SLURM_FIRST_JOB_ID": str(first_port - 15000)}
+           "PEAPOD_SLURM_FIRST_JOB_ID": str(first_port - 15000), "PEAPOD_SLURM_GPUS": "16", "PEAPOD_SLURM_CPUS": "80"}
     started = subprocess.run(["bash", "scripts/slurm_local.sh", "start", str(folder)], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -175,32 +191,63 @@ def dataset(raw, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def resumed(cluster, dataset, tmp_path_factory):
+def work(tmp_path_factory) -> Path:
+    """Run folders and outputs of the module's jobs."""
+    return tmp_path_factory.mktemp("slurm-work")
+
+
+def _plain_job(cluster: Cluster, dataset: Path, work: Path) -> str:
+    return cluster.once("plain", lambda: cluster.submit("slurm/train.sh", *TRAIN_ARGS, env={
+        "DATA": str(dataset), "RUN": str(work / "plain"), "LAUNCHER": "srun"}))
+
+
+def _prepare_job(cluster: Cluster, raw: Path, work: Path) -> str:
+    return cluster.once("prepare", lambda: cluster.submit("slurm/prepare.sh", *PREPARE_ARGS, "--input", str(raw),
+                                                          "--output", str(work / "prepared")))
+
+
+def _bad_argument_job(cluster: Cluster, dataset: Path, work: Path) -> str:
+    return cluster.once("bad", lambda: cluster.submit("slurm/train.sh", "--max-steps", "many", env={
+        "DATA": str(dataset), "RUN": str(work / "bad")}))
+
+
+@pytest.fixture(scope="module")
+def resumed(cluster, raw, dataset, work):
     """sbatch slurm/train.sh: preempted by hand in run 1, by its time limit in run 2, finished in run 3."""
-    run = tmp_path_factory.mktemp("slurm-resumed") / "run"
+    run = work / "resumed"
     job = cluster.submit("slurm/train.sh", *TRAIN_ARGS, sbatch=tuple(TIME_LIMIT),
                          env={"DATA": str(dataset), "RUN": str(run)})
     log = lambda: cluster.log(job)  # noqa: E731
     # run 1: as SLURM does before a time limit, signal the batch shell only
-    _wait_for(lambda: _trained_since_resume(run, 0), 400, "run 1 to train a step", log)
+    _wait_for(lambda: cluster.running(job) and _trained_since_resume(run, 0), 400, "run 1 to train a step", log)
     cluster.run("scancel", "--signal=USR1", "--batch", job)
     # run 2: hold its ranks still (SIGSTOP to the steps, the batch shell keeps running: the job's time
     # still counts, unlike `scontrol suspend`) so it cannot finish before slurmctld's time-limit signal
-    _wait_for(lambda: _trained_since_resume(run, 1), 400, "run 2 to train a step", log)
+    _wait_for(lambda: cluster.running(job) and _trained_since_resume(run, 1), 400, "run 2 to train a step", log)
     cluster.run("scancel", "--signal=STOP", job)
-    _wait_for(lambda: log().count("got SIGUSR1") == 2, 240, "the time limit's SIGUSR1 in run 2", log)
+    for submit in (_plain_job, _bad_argument_job):  # the CPUs are idle meanwhile
+        submit(cluster, dataset, work)
+    _prepare_job(cluster, raw, work)
+    _wait_for(lambda: cluster.running(job) and log().count("got SIGUSR1") == 2, 240,
+              "the time limit's SIGUSR1 in run 2", log)
     cluster.run("scancel", "--signal=CONT", job)
     final = cluster.wait(job, 600, "(3 runs)")
     return {"job": job, "run": run, "final": final, "records": cluster.records(job), "log": log()}
 
 
 @pytest.fixture(scope="module")
-def plain(cluster, dataset, tmp_path_factory):
+def plain(cluster, dataset, work):
     """The same training under LAUNCHER=srun: one srun task per rank, no torchrun, never interrupted."""
-    run = tmp_path_factory.mktemp("slurm-plain") / "run"
-    job = cluster.submit("slurm/train.sh", *TRAIN_ARGS, env={"DATA": str(dataset), "RUN": str(run), "LAUNCHER": "srun"})
+    run, job = work / "plain", _plain_job(cluster, dataset, work)
     final = cluster.wait(job, 600, "(LAUNCHER=srun)")
     return {"job": job, "run": run, "final": final, "records": cluster.records(job), "log": cluster.log(job)}
+
+
+def test_train_sh_asks_for_gpus_cpus_a_time_limit_its_signal_and_requeue():
+    header = re.findall(r"^#SBATCH (\S+)", (REPO / "slurm" / "train.sh").read_text(), flags=re.M)
+    assert {"--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=8", "--cpus-per-task=32", "--time=24:00:00",
+            "--signal=B:USR1@600", "--requeue", "--open-mode=append", "--output=%x-%j.out",
+            "--error=%x-%j.err"} <= set(header)
 
 
 def test_sbatch_trains_on_two_nodes(resumed):
@@ -227,12 +274,14 @@ def test_preempted_job_checkpoints_requeues_and_resumes_every_step_once(resumed)
     assert len(stops) == 2 and 0 < stops[0] < stops[1] < MAX_STEPS, log[-6000:]
     assert [r["State"] for r in records] == ["PENDING", "PENDING", "COMPLETED"]  # two requeues, one end
     for restart in (0, 1, 2):
-        assert f"(restart {restart}):" in log  # SLURM_RESTART_COUNT seen by each run
+        assert f"(restart {restart}) at " in log  # SLURM_RESTART_COUNT seen by each run
     resumed_at = [int(s) for s in re.findall(r"^resumed from .*/step(\d+) at step \1$",
                                              (run / "train.log").read_text(), flags=re.M)]
     assert resumed_at == stops
     assert _steps(run) == list(range(1, MAX_STEPS + 1))  # no step logged twice, none skipped
     assert not (run / "preempted.json").exists()
+    # torchrun forwarded the USR1 (--signals-to-handle): had it died of it, srun would say so
+    assert "User defined signal 1" not in log
 
 
 def test_time_limit_signal_requeues_the_job_which_then_finishes(resumed):
@@ -240,7 +289,7 @@ def test_time_limit_signal_requeues_the_job_which_then_finishes(resumed):
     # the test sent one SIGUSR1 (run 1); the second came from slurmctld, 30 s before the 3 min limit
     signals = re.findall(r"got SIGUSR1 at", log)
     assert len(signals) == 2
-    second_run = log.split("(restart 1):", 1)[1].split("(restart 2):", 1)[0]
+    second_run = log.split("(restart 1) at ", 1)[1].split("(restart 2) at ", 1)[0]
     assert "got SIGUSR1" in second_run and "requeueing job" in second_run
     assert "TIMEOUT" not in {r["State"] for r in resumed["records"]}  # requeued before the limit, not killed
     assert "DUE TO TIME LIMIT" not in log
@@ -249,6 +298,7 @@ def test_time_limit_signal_requeues_the_job_which_then_finishes(resumed):
 def test_plain_srun_trains_the_same_model_as_torchrun(resumed, plain):
     assert (plain["final"]["State"], plain["final"]["ExitCode"]) == ("COMPLETED", "0:0"), plain["log"][-6000:]
     assert "launcher srun" in plain["log"] and len(plain["records"]) == 1
+    assert "granted 8 GPU(s) and 32 CPU(s) per node" in plain["log"]  # train.sh's own #SBATCH request
     assert {(rank, node) for rank, node, _ in _ranks(plain["log"])} == {(0, 0), (1, 1)}  # SLURM_PROCID per node
     assert _steps(plain["run"]) == list(range(1, MAX_STEPS + 1))
     torchrun_metrics = json.loads((resumed["run"] / "metrics_test.json").read_text())
@@ -272,9 +322,8 @@ def test_evaluate_sh_matches_a_local_evaluate(cluster, dataset, resumed, tmp_pat
     assert _metrics(tmp_path / "slurm.json") == _metrics(tmp_path / "local.json")
 
 
-def test_prepare_sh_writes_the_same_dataset_as_prepare(cluster, raw, dataset, tmp_path):
-    out = tmp_path / "ds"
-    job = cluster.submit("slurm/prepare.sh", *PREPARE_ARGS, "--input", str(raw), "--output", str(out))
+def test_prepare_sh_writes_the_same_dataset_as_prepare(cluster, raw, dataset, work):
+    out, job = work / "prepared", _prepare_job(cluster, raw, work)
     final = cluster.wait(job, 300, "(prepare.sh)")
     assert (final["State"], final["ExitCode"]) == ("COMPLETED", "0:0"), cluster.log(job)[-4000:]
     files = sorted(p.relative_to(dataset) for p in dataset.rglob("*") if p.is_file())
@@ -283,8 +332,8 @@ def test_prepare_sh_writes_the_same_dataset_as_prepare(cluster, raw, dataset, tm
         assert (out / name).read_bytes() == (dataset / name).read_bytes(), name
 
 
-def test_bad_argument_fails_the_job_with_one_line_and_no_requeue(cluster, dataset, tmp_path):
-    job = cluster.submit("slurm/train.sh", "--max-steps", "many", env={"DATA": str(dataset), "RUN": str(tmp_path / "r")})
+def test_bad_argument_fails_the_job_with_one_line_and_no_requeue(cluster, dataset, work):
+    job = _bad_argument_job(cluster, dataset, work)
     final = cluster.wait(job, 120, "(bad argument)")
     log = cluster.log(job)
     assert final["State"] == "FAILED" and final["ExitCode"] == "2:0", log
@@ -310,14 +359,17 @@ def _rank_pid(job: str, rank: int) -> int | None:
 
 
 def test_a_rank_killed_with_sigkill_takes_the_job_down(cluster, dataset, tmp_path):
+    """Killed as soon as both ranks exist, while rank 0 still starts up: without srun's --kill-on-bad-exit
+    it would wait for rank 1 at the process group's rendezvous (minutes) instead of failing."""
     run = tmp_path / "run"
-    job = cluster.submit("slurm/train.sh", "--max-steps", "100000", "--log-every", "1", "--micro-batch-size", "4",
+    job = cluster.submit("slurm/train.sh", "--max-steps", "100000", "--micro-batch-size", "4",
                          env={"DATA": str(dataset), "RUN": str(run)})
-    _wait_for(lambda: _trained_since_resume(run, 0), 400, "the job to train a step", lambda: cluster.log(job))
-    pid = _wait_for(lambda: _rank_pid(job, 1), 30, "rank 1's process")
-    os.kill(pid, signal.SIGKILL)
+    pids = _wait_for(lambda: cluster.running(job) and all(_rank_pid(job, r) for r in (0, 1))
+                     and [_rank_pid(job, r) for r in (0, 1)], 300,
+                     "both ranks' processes", lambda: cluster.log(job))
+    os.kill(pids[1], signal.SIGKILL)
     killed = time.monotonic()
-    final = cluster.wait(job, 120, "(a rank killed)")
+    final = cluster.wait(job, 180, "(a rank killed)")
     assert time.monotonic() - killed < 60, "the job outlived its killed rank by a minute"
     log = cluster.log(job)
     assert final["State"] == "FAILED" and final["ExitCode"] != "0:0", log[-4000:]
