@@ -1,0 +1,615 @@
+"""peapod-scale against a plain PyTorch DDP loop, and the memory each ZeRO stage holds against the formulas.
+
+    python benchmarks/bench_train.py --data /tmp/bench_train/beauty                 # tiny and t5-small, both parts
+    python benchmarks/bench_train.py --data D --arch tiny --parts throughput --repeats 5
+    python benchmarks/bench_train.py --report RUN_ID                                # reprint a run's tables and plot
+
+``--data``: a dataset folder written by ``peapod-scale prepare`` (e.g. ``--source p5`` of the shared Beauty
+data); keep it outside the repository.
+
+Throughput: the same model (``--arch``), data, micro batch and steps, all in one run, with the configs taking
+turns (DDP, ZeRO-0, 1, 2, 3, 3 + offload, then the 1-rank runs, then again, ``--repeats`` times) so that
+other load on a shared machine hits all alike:
+- ``ddp``: a plain PyTorch loop written here (``ddp_child``), launched with torchrun: the model built by the
+  trainer's own ``build_model`` without DeepSpeed, wrapped in ``DistributedDataParallel``; torch AdamW over
+  ``optimizer_groups`` with the DeepSpeed config's betas, eps, weight decay and gradient clipping; the
+  trainer's warm-up + cosine schedule; batches from the trainer's ``task_stream`` (same data cost); losses
+  stay on the device until a log step; bf16/fp16 by ``torch.autocast`` with fp32 weights (PyTorch's usual
+  mixed precision; DeepSpeed keeps 16-bit weights instead);
+- ``z0`` (ds_configs/z1.json with stage 0), ``z1``, ``z2``, ``z3``, ``z3_offload``: ``peapod-scale train``
+  itself (subprocesses, ``--nproc-per-node``), samples/s read from its TensorBoard events.
+Both count a window of ``--log-every`` steps the same way (examples of all ranks / its wall time, the
+trainer's ``StepMeter``); the first ``--skip-windows`` windows (start-up, first allocations) are left out and
+a run's figure is its examples over its time in the kept windows. The table gives the median over the
+repetitions, their spread (min-max), and the median of the per-repetition ratios to DDP.
+
+Memory (``memory_child``): the trainer's engine (``Trainer``, as ``peapod-scale train`` builds it) runs
+``--memory-steps`` steps on 2 ranks with ``peapod_scale.memory_census.StepProbes`` taking censuses of its
+tensors inside the step; the peak model state per rank (parameters, gradients, master weights, moments,
+DeepSpeed's buckets and copies) is shown beside the ZeRO paper's formula and ``estimate.deepspeed_model_states``
+for the same config (on CPU, so without the foreach temporaries a GPU's torch AdamW adds), in bf16 (DeepSpeed's
+CPU accelerator trains bf16 with the GPU's byte counts) and fp32. Sizes are storage sizes: what an allocator
+hands out, touched or not.
+
+``--code`` (default HEAD) exports that commit's peapod_scale/, kernels/ and ds_configs/ into a temp folder
+and measures them, so other people's uncommitted edits are not measured (``worktree``: the working tree).
+One JSON row per measurement goes to benchmarks/results/bench_train.jsonl as soon as it is done (machine,
+load, versions, date, commit, ``run_id``); the end prints Markdown tables and saves
+benchmarks/results/bench_train_<run_id>.md and .png (matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+ROWS = RESULTS / "bench_train.jsonl"
+CONFIGS = ["ddp", "z0", "z1", "z2", "z3", "z3_offload"]
+MEMORY_CONFIGS = ["z0", "z1", "z2", "z3", "z3_offload"]
+LABELS = {"ddp": "PyTorch DDP", "z0": "ZeRO-0", "z1": "ZeRO-1", "z2": "ZeRO-2", "z3": "ZeRO-3",
+          "z3_offload": "ZeRO-3 + offload"}
+# per preset: micro batch, steps, log window (t5-small is ~10x slower per example on these CPUs)
+PRESET_RUNS = {"tiny": (32, 60, 10), "t5-small": (8, 24, 4)}
+GOAL_Z2_VS_DDP = 1.0
+GOAL_ESTIMATE = 0.10
+
+
+# ----------------------------------------------------------------------------------------------
+# children, run on every rank under torchrun
+# ----------------------------------------------------------------------------------------------
+
+def _split_child_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    own, train_args = parser.parse_known_args(argv)
+    return own, [a for a in train_args if a != "--"]
+
+
+def ddp_child(argv: list[str]) -> None:
+    """The baseline: the trainer's model, data and optimizer settings in a plain DDP loop."""
+    import contextlib
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from peapod_scale import distributed, ds_config
+    from peapod_scale.config import TrainConfig, parse_train_config
+    from peapod_scale.data.batches import TaskBatcher
+    from peapod_scale.data.stream import read_manifest, task_stream
+    from peapod_scale.data.tasks import parse_task_weights
+    from peapod_scale.data.tokenizer import load_codec
+    from peapod_scale.model.build import build_model, optimizer_groups
+    from peapod_scale.throughput import device_peak_flops, flop_counter
+    from peapod_scale.trainer import warmup_cosine
+
+    own, train_args = _split_child_args(argv)
+    cfg = parse_train_config(train_args)
+    info = distributed.discover(cfg.local_rank)
+    cuda = distributed.use_cuda()
+    if cuda:
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(distributed.process_group_backend())
+    device = torch.device("cuda", info.local_rank) if cuda else torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    manifest = read_manifest(cfg.data)
+    default_tasks = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "tasks")
+    weights = parse_task_weights(cfg.tasks, cfg.task_weights, manifest["tasks"], data=cfg.data,
+                                 tasks_is_default=cfg.tasks == default_tasks)
+    codec = load_codec(cfg.data, cfg.model)
+    config = ds_config.resolve(cfg.deepspeed, world_size=info.world_size, micro_batch_size=cfg.micro_batch_size,
+                               grad_accum=cfg.grad_accum, lr=cfg.lr, precision=cfg.precision)
+    if config["gradient_accumulation_steps"] != 1:
+        raise SystemExit("ddp_child: gradient accumulation is not implemented in the baseline")
+    micro = config["train_micro_batch_size_per_gpu"]
+    batcher = TaskBatcher(codec, manifest["counts"]["items"], cfg.topn_candidates, cfg.seed)
+    stream = task_stream(cfg.data, manifest, weights, batcher, micro, info.rank, info.world_size, cfg.seed,
+                         cfg.shuffle_buffer, cfg.num_workers, 1)
+    model = build_model(cfg, manifest["counts"]["users"], codec.vocab_size).to(device)
+    params = config["optimizer"].get("params", {})
+    lr = ds_config.peak_lr(config)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, lr, cfg.embedding_lr_scale, backbone_is_random=cfg.model is None),
+                                  lr=lr, betas=tuple(params.get("betas", (0.9, 0.999))), eps=params.get("eps", 1e-8),
+                                  weight_decay=params.get("weight_decay", 0.01))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps))
+    clip = float(config.get("gradient_clipping", 0.0))
+    precision = ds_config.precision(config)
+    autocast = torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision]) \
+        if precision != "fp32" else contextlib.nullcontext()
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    ddp = DistributedDataParallel(model, device_ids=[info.local_rank] if cuda else None)
+    flops_of = flop_counter(model.t5, trains_backbone=cfg.train == "all")
+    prompt_tokens = model.config.prompt_tokens
+    peak_flops = device_peak_flops()
+
+    windows, losses = [], []
+    samples = flops = 0.0
+    started = time.perf_counter()
+    batches = iter(stream)
+    ddp.train()
+    for step in range(1, cfg.max_steps + 1):
+        _, batch = next(batches)
+        samples += batch["input_ids"].shape[0]
+        flops += flops_of(batch["input_ids"].shape[0], batch["input_ids"].shape[1] + prompt_tokens,
+                          batch["labels"].shape[1])
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast:
+            loss = ddp(**batch).loss
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())  # on the device until the log step
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            totals = torch.tensor([samples, flops, float(torch.stack(losses).sum()), len(losses)], dtype=torch.float64)
+            dist.all_reduce(totals)
+            elapsed = time.perf_counter() - started
+            window = {"step": step, "samples": totals[0].item(), "seconds": elapsed,
+                      "loss": totals[2].item() / totals[3].item()}
+            if peak_flops:
+                window["mfu"] = totals[1].item() / info.world_size / elapsed / peak_flops
+            windows.append(window)
+            samples = flops = 0.0
+            losses = []
+            started = time.perf_counter()
+    batches.close()
+    if info.rank == 0:
+        Path(own.out).write_text(json.dumps({"windows": windows, "precision": precision, "world_size": info.world_size}))
+    dist.destroy_process_group()
+
+
+def memory_child(argv: list[str]) -> None:
+    """The trainer's engine for a few steps, with censuses of its tensors inside each step (rank 0 writes all ranks')."""
+    import dataclasses
+
+    import torch
+
+    from peapod_scale import ds_config, estimate
+    from peapod_scale.config import parse_train_config
+    from peapod_scale.memory_census import measure_steps
+    from peapod_scale.trainer import Trainer
+
+    own, train_args = _split_child_args(argv)
+    cfg = parse_train_config(train_args)
+    trainer = Trainer(cfg)
+    engine = trainer.engine
+    shape = estimate.shape_of(engine.module, backbone_is_random=cfg.model is None)
+    mine = {"rank": trainer.dist.rank, **measure_steps(trainer, own.steps)}
+    ranks = trainer.collectives.gather_objects(mine)
+    if trainer.dist.is_main:
+        Path(own.out).write_text(json.dumps({
+            "ranks": ranks, "shape": dataclasses.asdict(shape), "ds_config": trainer.ds_config,
+            "optimizer": type(engine.optimizer).__name__, "inner_optimizer": type(engine.basic_optimizer).__name__,
+            "world_size": trainer.dist.world_size, "precision": ds_config.precision(trainer.ds_config),
+            "torch_threads": torch.get_num_threads()}))
+    trainer.close()
+
+
+CHILDREN = {"_ddp": ddp_child, "_memory": memory_child}
+
+
+# ----------------------------------------------------------------------------------------------
+# the parent: runs, rows, tables
+# ----------------------------------------------------------------------------------------------
+
+def export_code(ref: str, scratch: Path) -> Path:
+    """``ref``'s peapod_scale/ with kernels/ and ds_configs/ laid out as the installed package has them."""
+    target = scratch / "code"
+    (target / "peapod_scale").mkdir(parents=True, exist_ok=True)
+    for folder, inside in (("peapod_scale", target), ("kernels", target / "peapod_scale"),
+                           ("ds_configs", target / "peapod_scale")):
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, folder], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(inside)], input=archive.stdout, check=True)
+    return target
+
+
+def commit_of(ref: str) -> str:
+    text = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s", "HEAD" if ref == "worktree" else ref],
+                          capture_output=True, text=True, check=False).stdout.strip()[:100]
+    if ref == "worktree" and subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "peapod_scale",
+                                             "kernels", "ds_configs"], capture_output=True, text=True).stdout.strip():
+        text += " + uncommitted edits"
+    return text
+
+
+def versions() -> dict:
+    import deepspeed
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "transformers": transformers.__version__}
+
+
+class Bench:
+    """One run: its scratch folder, the environment children get, and the rows it records."""
+
+    def __init__(self, args):
+        self.args, self.run_id, self.rows = args, uuid.uuid4().hex[:8], []
+        self.scratch = Path(tempfile.mkdtemp(prefix="bench_train_"))
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                    "PYTHONUNBUFFERED": "1"}
+        if not args.gpu:
+            self.env["DS_ACCELERATOR"] = "cpu"
+        if args.code != "worktree":
+            code = export_code(args.code, self.scratch)
+            self.env["PYTHONPATH"] = os.pathsep.join([str(code), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.commit = commit_of(args.code)
+        self.versions = versions()
+        z0 = json.loads((REPO / "ds_configs" / "z1.json").read_text())
+        z0["zero_optimization"] = {**z0.get("zero_optimization", {}), "stage": 0}
+        (self.scratch / "z0.json").write_text(json.dumps(z0))
+
+    def config_path(self, config: str) -> str:
+        """The DeepSpeed config of a run; DDP reads its optimizer settings from z2 (the same in every shipped config)."""
+        return {"z0": str(self.scratch / "z0.json"), "ddp": "z2"}.get(config, config)
+
+    def record(self, row: dict, load: float) -> dict:
+        row = {**row, "run_id": self.run_id, "commit": self.commit, "code": self.args.code, "versions": self.versions,
+               "machine": {"node": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                           "load_1min": load},
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        self.rows.append(row)
+        if not self.args.no_save:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            with open(ROWS, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+        return row
+
+    def train_args(self, arch: str, precision: str, config: str) -> list[str]:
+        micro, steps, window = PRESET_RUNS.get(arch, PRESET_RUNS["t5-small"])
+        micro = self.args.micro_batch or micro
+        steps = self.args.steps or steps
+        window = self.args.log_every or window
+        return ["--data", self.args.data, "--arch", arch, "--micro-batch-size", str(micro), "--max-steps", str(steps),
+                "--log-every", str(window), "--precision", precision, "--eval-split", "none", "--save-every",
+                str(10**9), "--resume", "none", "--overwrite", "--seed", "42", "--num-workers", "1",
+                "--deepspeed", self.config_path(config)]
+
+    def _run(self, command: list[str], what: str) -> tuple[bool, str]:
+        try:
+            done = subprocess.run(command, cwd=self.scratch, env=self.env, capture_output=True, text=True,
+                                  timeout=self.args.timeout)
+        except subprocess.TimeoutExpired:
+            return False, f"{what}: timed out after {self.args.timeout} s"
+        tail = (done.stdout[-1500:] + done.stderr[-2500:])
+        return done.returncode == 0, tail
+
+    def _torchrun(self, ranks: int, child: str, out: Path, train_args: list[str], extra: list[str] = ()) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+                str(Path(__file__).resolve()), child, "--out", str(out), *extra, "--", *train_args]
+
+    def throughput(self, arch: str, config: str, ranks: int, repeat: int) -> dict:
+        load = os.getloadavg()[0]
+        run_dir = self.scratch / f"run-{arch}-{config}-{ranks}"
+        train_args = self.train_args(arch, self.args.precision, config) + ["--output", str(run_dir)]
+        started = time.perf_counter()
+        if config == "ddp":
+            out = self.scratch / "ddp.json"
+            out.unlink(missing_ok=True)
+            ok, tail = self._run(self._torchrun(ranks, "_ddp", out, train_args), "ddp")
+            windows = json.loads(out.read_text())["windows"] if ok else []
+        else:
+            ok, tail = self._run([sys.executable, "-m", "peapod_scale.cli", "train", "--nproc-per-node", str(ranks),
+                                  *train_args], config)
+            windows = tensorboard_windows(run_dir) if ok else []
+        shutil.rmtree(run_dir, ignore_errors=True)
+        row = {"part": "throughput", "arch": arch, "config": config, "ranks": ranks, "repeat": repeat,
+               "precision": self.args.precision, "train_args": train_args, "wall_s": time.perf_counter() - started}
+        kept = windows[self.args.skip_windows:]
+        if not ok or not kept:
+            row["error"] = tail if not ok else f"no windows after skipping {self.args.skip_windows}"
+        else:
+            row |= {"windows": windows, "samples_per_s": sum(w["samples"] for w in kept) / sum(w["seconds"] for w in kept),
+                    "kept_windows": len(kept)}
+            mfu = [w["mfu"] for w in kept if "mfu" in w]
+            if mfu:
+                row["mfu"] = statistics.median(mfu)
+        return self.record(row, load)
+
+    def memory(self, arch: str, precision: str, config: str) -> dict:
+        load = os.getloadavg()[0]
+        out = self.scratch / "memory.json"
+        out.unlink(missing_ok=True)
+        train_args = self.train_args(arch, precision, config) + ["--output", str(self.scratch / "memory-run")]
+        ok, tail = self._run(self._torchrun(2, "_memory", out, train_args, ["--steps", str(self.args.memory_steps)]),
+                             f"memory {config}")
+        row = {"part": "memory", "arch": arch, "config": config, "precision": precision, "train_args": train_args}
+        if not ok:
+            row["error"] = tail
+        else:
+            row |= json.loads(out.read_text())
+            row["estimate"] = estimate_for(row)
+        return self.record(row, load)
+
+
+def tensorboard_windows(run_dir: Path) -> list[dict]:
+    """The trainer's log windows: examples and seconds per window from its TensorBoard scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    rates = {e.step: e.value for e in events.Scalars("throughput/samples_per_s")}
+    step_s = {e.step: e.value for e in events.Scalars("time/step_s")}
+    mfu = {e.step: e.value for e in events.Scalars("perf/mfu")} if "perf/mfu" in events.Tags()["scalars"] else {}
+    windows, previous = [], 0
+    for step in sorted(rates):
+        seconds = step_s[step] * (step - previous)
+        window = {"step": step, "samples": rates[step] * seconds, "seconds": seconds}
+        if step in mfu:
+            window["mfu"] = mfu[step]
+        windows.append(window)
+        previous = step
+    return windows
+
+
+def estimate_for(row: dict) -> dict:
+    """The paper's formula and the estimate for a memory row's model, config and world size (per rank, CPU run)."""
+    from peapod_scale import estimate
+
+    shape = estimate.ModelShape(**{k: tuple(map(tuple, v)) if k == "group_sizes" else tuple(v) if k == "param_sizes"
+                                   else v for k, v in row["shape"].items()})
+    zero = estimate.zero_settings(row["ds_config"])
+    states = estimate.deepspeed_model_states(shape, zero, row["world_size"], row["precision"], device="cpu")
+    return {"paper": sum(estimate.paper_model_states(shape.params, zero.stage, row["world_size"],
+                                                     row["precision"]).values()),
+            "estimate": states.peak("gpu") + states.peak("cpu"), "phase": states.peak_phase(),
+            "parts": [[p.name, p.bytes, p.phase, p.where] for p in states.parts]}
+
+
+# ----------------------------------------------------------------------------------------------
+# tables and plot
+# ----------------------------------------------------------------------------------------------
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):,.0f}-{max(values):,.0f}" if len(values) > 1 else "-"
+
+
+def throughput_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r.get("part") == "throughput"]
+    lines = []
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        lines += [f"\n**{arch}**, {next(r['precision'] for r in rows if r['arch'] == arch)}, samples/s of all ranks "
+                  f"(median over repetitions, min-max), ratio = median of the per-repetition ratios to DDP at the "
+                  f"same number of ranks",
+                  "", "| config | ranks | samples/s | spread | vs DDP | reps | scaling 1 -> 2 ranks |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        mine = [r for r in rows if r["arch"] == arch]
+        for ranks in sorted({r["ranks"] for r in mine}, reverse=True):
+            for config in CONFIGS:
+                runs = [r for r in mine if r["config"] == config and r["ranks"] == ranks and "samples_per_s" in r]
+                failed = [r for r in mine if r["config"] == config and r["ranks"] == ranks and "error" in r]
+                if not runs:
+                    if failed:
+                        lines.append(f"| {LABELS[config]} | {ranks} | failed | | | {len(failed)} | |")
+                    continue
+                rates = [r["samples_per_s"] for r in runs]
+                ratios = []
+                for run in runs:
+                    base = next((d for d in mine if d["config"] == "ddp" and d["ranks"] == ranks
+                                 and d["repeat"] == run["repeat"] and "samples_per_s" in d), None)
+                    if base:
+                        ratios.append(run["samples_per_s"] / base["samples_per_s"])
+                one = [r["samples_per_s"] for r in mine if r["config"] == config and r["ranks"] == 1 and "samples_per_s" in r]
+                scaling = f"{statistics.median(rates) / statistics.median(one):.2f}x" if ranks == 2 and one else ""
+                mfu = [r["mfu"] for r in runs if "mfu" in r]
+                lines.append(f"| {LABELS[config]} | {ranks} | {statistics.median(rates):,.1f} | {_spread(rates)} | "
+                             f"{statistics.median(ratios):.2f}x | {len(runs)}{' (+%d failed)' % len(failed) if failed else ''} | "
+                             f"{scaling}{f' MFU {100 * statistics.median(mfu):.1f}%' if mfu else ''} |")
+    return lines
+
+
+def memory_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r.get("part") == "memory"]
+    if not rows:
+        return []
+    mib = 2**20
+    lines = ["\nModel state per rank at its peak in a step (MiB, the larger rank; 2 ranks), measured from the engine's "
+             "tensors, against the ZeRO paper's formula and `peapod-scale estimate` (as DeepSpeed allocates)",
+             "", "| arch | precision | config | parameters | gradients | master + moments | DeepSpeed buffers | "
+                 "measured | paper | paper / measured | estimate | estimate / measured | peak at |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['arch']} | {r['precision']} | {LABELS[r['config']]} | failed | | | | | | | | | |")
+            continue
+        peak = max((rank["peak"] for rank in r["ranks"]), key=lambda p: p["model_states"])
+        held = peak["bytes"]
+        measured = peak["model_states"]
+        estimate = estimate_for(r)  # recomputed: the current estimate against the stored measurement
+        buffers = sum(held.get(k, 0) for k in ("buckets", "communication", "deepspeed other"))
+        lines.append(
+            f"| {r['arch']} | {r['precision']} | {LABELS[r['config']]} | {held.get('parameters', 0) / mib:,.1f} | "
+            f"{held.get('gradients', 0) / mib:,.1f} | "
+            f"{(held.get('master weights', 0) + held.get('moments', 0)) / mib:,.1f} | {buffers / mib:,.1f} | "
+            f"{measured / mib:,.1f} | {estimate['paper'] / mib:,.1f} | {estimate['paper'] / measured:.2f} | "
+            f"{estimate['estimate'] / mib:,.1f} | {estimate['estimate'] / measured:.2f} | "
+            f"{peak['tag'].split(': ', 1)[-1]} |")
+    return lines
+
+
+def goals(rows: list[dict]) -> list[str]:
+    lines = []
+    for arch in dict.fromkeys(r["arch"] for r in rows if r.get("part") == "throughput"):
+        ratios = []
+        for run in (r for r in rows if r.get("part") == "throughput" and r["arch"] == arch and r["config"] == "z2"
+                    and r["ranks"] == 2 and "samples_per_s" in r):
+            base = next((d for d in rows if d.get("part") == "throughput" and d["arch"] == arch and d["config"] == "ddp"
+                         and d["ranks"] == 2 and d["repeat"] == run["repeat"] and "samples_per_s" in d), None)
+            if base:
+                ratios.append(run["samples_per_s"] / base["samples_per_s"])
+        if ratios:
+            ratio = statistics.median(ratios)
+            lines.append(f"goal {arch}: ZeRO-2 at {ratio:.2f}x DDP (per-repetition ratios "
+                         f"{', '.join(f'{x:.2f}' for x in ratios)}; >= {GOAL_Z2_VS_DDP:.1f}x): "
+                         f"{'MET' if ratio >= GOAL_Z2_VS_DDP else 'NOT MET'}")
+    memory = [r for r in rows if r.get("part") == "memory" and "error" not in r]
+    if memory:
+        worst = max(memory, key=lambda r: abs(estimate_for(r)["estimate"] / _measured(r) - 1))
+        error = estimate_for(worst)["estimate"] / _measured(worst) - 1
+        lines.append(f"goal estimate within {GOAL_ESTIMATE:.0%} of the measured model state at every stage: worst "
+                     f"{error:+.1%} ({worst['arch']} {worst['precision']} {LABELS[worst['config']]}): "
+                     f"{'MET' if abs(error) <= GOAL_ESTIMATE else 'NOT MET'}")
+    return lines
+
+
+def _measured(row: dict) -> float:
+    return max(rank["peak"]["model_states"] for rank in row["ranks"])
+
+
+def plot(rows: list[dict], path: Path) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]'): no plot"
+    speed = [r for r in rows if r.get("part") == "throughput" and "samples_per_s" in r and r["ranks"] == 2]
+    memory = [r for r in rows if r.get("part") == "memory" and "error" not in r]
+    archs = list(dict.fromkeys(r["arch"] for r in speed))
+    panels = len(archs) + (1 if memory else 0)
+    if not panels:
+        return "nothing to plot"
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
+    for axis, arch in zip(axes[0], archs):
+        configs = [c for c in CONFIGS if any(r["config"] == c and r["arch"] == arch for r in speed)]
+        medians, lows, highs = [], [], []
+        for config in configs:
+            rates = [r["samples_per_s"] for r in speed if r["config"] == config and r["arch"] == arch]
+            medians.append(statistics.median(rates))
+            lows.append(medians[-1] - min(rates))
+            highs.append(max(rates) - medians[-1])
+        axis.bar(range(len(configs)), medians, yerr=[lows, highs], capsize=4,
+                 color=["#888888" if c == "ddp" else "#3a7dc9" for c in configs])
+        axis.set_xticks(range(len(configs)), [LABELS[c].replace(" + ", "\n+ ") for c in configs], fontsize=8)
+        axis.set_ylabel("samples/s, 2 ranks (median, min-max)")
+        axis.set_title(f"{arch}: throughput")
+    if memory:
+        axis = axes[0][-1]
+        labels = [f"{r['arch']}\n{r['precision']}\n{LABELS[r['config']].replace('ZeRO-', 'Z').replace(' + offload', '+off')}"
+                  for r in memory]
+        x = range(len(memory))
+        width = 0.27
+        axis.bar([i - width for i in x], [_measured(r) / 2**20 for r in memory], width, label="measured")
+        axis.bar(list(x), [estimate_for(r)["paper"] / 2**20 for r in memory], width, label="ZeRO paper formula")
+        axis.bar([i + width for i in x], [estimate_for(r)["estimate"] / 2**20 for r in memory], width, label="estimate")
+        axis.set_yscale("log")
+        axis.set_xticks(list(x), labels, fontsize=6)
+        axis.set_ylabel("model state per rank at its peak, MiB")
+        axis.set_title("memory: measured vs formula vs estimate")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return f"plot: {path}"
+
+
+def report(rows: list[dict], save: bool) -> None:
+    run_id = rows[0]["run_id"]
+    head = rows[0]
+    lines = [f"# bench_train run {run_id}", "",
+             f"{head['date']} on {head['machine']['node']} ({head['machine']['cpus']} CPUs), code {head['code']} "
+             f"({head['commit']}), torch {head['versions']['torch']}, DeepSpeed {head['versions']['deepspeed']}; "
+             f"1-min load {min(r['machine']['load_1min'] for r in rows):.1f}-{max(r['machine']['load_1min'] for r in rows):.1f}"]
+    lines += throughput_table(rows) + memory_table(rows) + [""] + goals(rows)
+    text = "\n".join(lines)
+    print(text)
+    if save:
+        (RESULTS / f"bench_train_{run_id}.md").write_text(text + "\n")
+        print(plot(rows, RESULTS / f"bench_train_{run_id}.png"))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in CHILDREN:
+        CHILDREN[sys.argv[1]](sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="dataset folder written by `peapod-scale prepare`")
+    parser.add_argument("--arch", nargs="+", default=["tiny", "t5-small"], help="presets (default: %(default)s)")
+    parser.add_argument("--parts", nargs="+", default=["throughput", "memory"], choices=["throughput", "memory"])
+    parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS, help="throughput configs")
+    parser.add_argument("--scaling", nargs="*", default=["ddp", "z2"], choices=CONFIGS,
+                        help="configs also run on 1 rank for the 1 -> 2 rank scaling (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the interleaved configs (default: 3)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                        help="throughput precision (default: fp32, the CPU default; auto on a GPU)")
+    parser.add_argument("--memory-precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--memory-configs", nargs="+", default=MEMORY_CONFIGS, choices=MEMORY_CONFIGS)
+    parser.add_argument("--memory-steps", type=int, default=3, help="steps of a memory run (censuses from the 2nd)")
+    parser.add_argument("--micro-batch", type=int, default=None, help="override the preset's micro batch")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's steps per run")
+    parser.add_argument("--log-every", type=int, default=None, help="override the preset's window")
+    parser.add_argument("--skip-windows", type=int, default=1, help="first windows left out (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    parser.add_argument("--gpu", action="store_true", help="let the runs use CUDA (default: DS_ACCELERATOR=cpu)")
+    parser.add_argument("--code", default="HEAD", help="git ref measured (exported), or 'worktree' (default: HEAD)")
+    parser.add_argument("--no-save", action="store_true", help="print only: no rows, table or plot files")
+    parser.add_argument("--report", metavar="RUN_ID", help="reprint an earlier run's tables (and plot) from the rows")
+    args = parser.parse_args()
+
+    if args.report:
+        rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r.get("run_id") == args.report]
+        if not rows:
+            raise SystemExit(f"no rows of run {args.report} in {ROWS}")
+        report(rows, save=not args.no_save)
+        return
+    if not args.data or not (Path(args.data) / "manifest.json").is_file():
+        raise SystemExit(f"--data {args.data}: not a dataset folder (run `peapod-scale prepare` first)")
+    args.data = str(Path(args.data).resolve())
+    bench = Bench(args)
+    print(f"bench_train {bench.run_id} on {platform.node()} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}), "
+          f"code {args.code} ({bench.commit}), scratch {bench.scratch}", flush=True)
+    try:
+        for arch in args.arch:
+            if "throughput" in args.parts:
+                plan = [(c, 2) for c in args.configs] + [(c, 1) for c in args.scaling]
+                for repeat in range(args.repeats):
+                    for config, ranks in plan:
+                        row = bench.throughput(arch, config, ranks, repeat)
+                        print(f"  {arch:<9} {LABELS[config]:<17} {ranks} rank(s) rep {repeat}: "
+                              + (f"{row['samples_per_s']:8.1f} samples/s ({row['kept_windows']} windows, "
+                                 f"{row['wall_s']:.0f} s, load {row['machine']['load_1min']:.1f})" if "samples_per_s" in row
+                                 else "FAILED " + row["error"][-800:]), flush=True)
+            if "memory" in args.parts:
+                for precision in args.memory_precisions:
+                    for config in args.memory_configs:
+                        row = bench.memory(arch, precision, config)
+                        if "error" in row:
+                            print(f"  {arch:<9} memory {precision} {LABELS[config]}: FAILED {row['error'][-800:]}",
+                                  flush=True)
+                        else:
+                            print(f"  {arch:<9} memory {precision} {LABELS[config]:<17} measured "
+                                  f"{_measured(row) / 2**20:9.1f} MiB, paper {row['estimate']['paper'] / 2**20:8.1f}, "
+                                  f"estimate {row['estimate']['estimate'] / 2**20:8.1f} MiB", flush=True)
+    finally:
+        shutil.rmtree(bench.scratch, ignore_errors=True)
+    report(bench.rows, save=not args.no_save)
+
+
+if __name__ == "__main__":
+    main()
