@@ -1,0 +1,234 @@
+"""Recommendation quality of a random-init PeaPOD against counting baselines, on the leak-free protocol and P5's.
+
+    python benchmarks/bench_quality.py --steps 200 --limit 300                    # smoke: minutes
+    python benchmarks/bench_quality.py                                            # full budget (see below)
+    python benchmarks/bench_quality.py --dataset ml-100k --item-index random --user-prompt pool
+    python benchmarks/bench_quality.py --report RUN_ID                            # reprint a run's table and plot
+
+``--dataset beauty`` (default) prepares the P5 "Amazon Beauty" split at ../shared/data/p5/beauty
+(``--input``) once per ``--item-index`` into ``--work`` (outside the repository); ``ml-100k`` prepares
+MovieLens-100K. For every item index and every ``--user-prompt`` (pool = PeaPOD, neighbors = PeaPOD v2,
+none = POD) it trains with ``peapod-scale train`` on ``--nproc`` ranks (ZeRO-2, the same ``--steps``,
+``--arch`` and ``--train-args`` for all: the same budget), evaluates sequential and top-N (1 + 99
+candidates) on ``--split`` and puts beside the model the three counting baselines computed on the same
+rows from the training part only: popularity, item-to-item transitions and "last id + k"
+(``baselines.NextIds``, which measures the numbering leak of ``--item-index sequential``).
+
+Full budget: ``--steps 4000`` of the tiny preset, batch 32 per rank on 2 ranks, constrained decoding.
+NOT YET MEASURED on Beauty: on ML-100K a tiny step took 0.35-0.6 s on this shared 2-core machine, so
+4000 steps are ~25-40 min before evaluation, over the issue's 30 min per configuration; evaluating all
+22,363 Beauty users with 20 beams adds more. Time ``--steps 200 --limit 300`` first and size from it.
+
+Each training gets a free rendezvous port (``--master_port``): on a machine shared with other DeepSpeed
+jobs the default 29500 may be taken, and the ranks then wait at start-up without a word.
+
+Published numbers are printed beside ours, each with its protocol. They come from pretrained weights
+or GPU hours; ours from random init on 2 CPU cores.
+
+One JSON row per configuration goes to benchmarks/results/bench_quality.jsonl as soon as it is done
+(machine, versions, date, commit, run id, flags, wall time, metrics); the end prints a Markdown table and
+saves benchmarks/results/bench_quality_<run_id>.md and .png (metric bars per method; matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
+METHODS = ("model", "popularity", "transitions", "next_ids")
+PUBLISHED = [  # (method, protocol, task, {metric: value}); sequential on P5 Beauty
+    ("POD (Li et al. 2023)", "P5 sequential ids (leaky)", "sequential",
+     {"HR@5": .0537, "NDCG@5": .0395, "HR@10": .0688, "NDCG@10": .0443}),
+    ("P5, random ids (Hua et al. 2023)", "leak-free", "sequential", {"HR@5": .0213, "HR@10": .0479}),
+    ("SASRec", "leak-free", "sequential", {"HR@5": .0387, "HR@10": .0605}),
+    ("TIGER", "leak-free", "sequential", {"HR@5": .0454, "HR@10": .0648}),
+]
+
+
+def _sh(cmd: list[str], log: Path, env: dict | None = None) -> float:
+    start = time.time()
+    with open(log, "w") as out:
+        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if code != 0:
+        sys.exit(f"bench_quality: {shlex.join(cmd)} exited {code}; see {log}")
+    return time.time() - start
+
+
+def prepare(args, item_index: str) -> Path:
+    data = Path(args.work) / f"{args.dataset}-{item_index}"
+    if not (data / "manifest.json").exists():
+        cmd = ["peapod-scale", "prepare", "--output", str(data), "--item-index", item_index]
+        cmd += ["--source", "p5", "--input", args.input] if args.dataset == "beauty" else ["--source", "movielens"]
+        _sh(cmd, Path(args.work) / f"prepare-{args.dataset}-{item_index}.log")
+    return data
+
+
+def next_id_metrics(data: Path, split: str, limit: int | None, seed: int) -> dict:
+    """The "last id + k" heuristic on the rows the model was evaluated on."""
+    from peapod_scale import metrics
+    from peapod_scale.baselines import NextIds
+    from peapod_scale.data.stream import read_manifest, read_rows
+    from peapod_scale.evaluation import baseline_ranks
+
+    manifest = read_manifest(data)
+    rows = read_rows(data, manifest, split)[:limit]
+    heuristic = NextIds(manifest["counts"]["items"])
+    return {task: metrics.summarize(baseline_ranks(heuristic, rows, task, seed)) for task in ("sequential", "topn")}
+
+
+def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_id: str) -> dict:
+    out = Path(args.work) / run_id / f"{item_index}-{user_prompt}"
+    cmd = ["deepspeed", "--num_gpus", str(args.nproc), "--master_port", str(_free_port()), "peapod_scale/train.py", "--data", str(data),
+           "--output", str(out), "--resume", "none", "--overwrite", "--deepspeed", "ds_configs/z2.json",
+           "--arch", args.arch, "--max-steps", str(args.steps), "--user-prompt", user_prompt,
+           "--eval-split", args.split, "--save-every", "1000000", "--seed", str(args.seed)]
+    cmd += ["--eval-limit", str(args.limit)] if args.limit else []
+    cmd += shlex.split(args.train_args)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    wall = _sh(cmd, out.with_suffix(".log"), env)
+    results = json.loads((out / f"metrics_{args.split}.json").read_text())
+    heuristic = next_id_metrics(data, args.split, args.limit, args.seed)
+    for task in ("sequential", "topn"):
+        results[task]["next_ids"] = heuristic[task]
+    return {"item_index": item_index, "user_prompt": user_prompt, "wall_s": round(wall, 1),
+            "command": shlex.join(cmd), "metrics": {t: results[t] for t in ("sequential", "topn")},
+            "invalid_answers": results.get("invalid_answers"), "constrained": results.get("constrained")}
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+    return {p: md.version(p) for p in ("torch", "deepspeed", "transformers") if _installed(p)}
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def _commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def markdown(rows: list[dict], dataset: str) -> str:
+    lines = [f"## {dataset}: ours (random init, {rows[0]['steps'] if rows else '?'} steps on CPU) and baselines",
+             "", "| item index | user prompt | task | method | " + " | ".join(METRICS) + " |",
+             "|---|---|---|---|" + "---|" * len(METRICS)]
+    for row in rows:
+        for task in ("sequential", "topn"):
+            for method in METHODS:
+                values = row["metrics"][task].get(method)
+                if values and (method == "model" or row["user_prompt"] == rows[0]["user_prompt"]):
+                    lines.append(f"| {row['item_index']} | {row['user_prompt'] if method == 'model' else '-'} | "
+                                 f"{task} | {method} | " + " | ".join(f"{values[m]:.4f}" for m in METRICS) + " |")
+    if dataset == "beauty":
+        lines += ["", "Published, P5 Beauty sequential (pretrained weights or GPU hours):", "",
+                  "| method | protocol | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+        for method, protocol, _, values in PUBLISHED:
+            lines.append(f"| {method} | {protocol} | " + " | ".join(
+                f"{values[m]:.4f}" if m in values else "-" for m in METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, task in zip(axes, ("sequential", "topn")):
+        labels, values = [], []
+        for row in rows:
+            for method in METHODS:
+                if method == "model" or row["user_prompt"] == rows[0]["user_prompt"]:
+                    labels.append(f"{row['item_index'][:3]}/{row['user_prompt'] if method == 'model' else method}")
+                    values.append(row["metrics"][task][method]["HR@10"])
+        ax.bar(range(len(values)), values)
+        ax.set_xticks(range(len(values)), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_title(f"{task} HR@10")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+def report(rows: list[dict], run_id: str, dataset: str) -> None:
+    text = markdown(rows, dataset)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"bench_quality_{run_id}.md").write_text(text)
+    plot(rows, RESULTS / f"bench_quality_{run_id}.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["beauty", "ml-100k"], default="beauty")
+    parser.add_argument("--input", default=str(REPO.parent / "shared" / "data" / "p5" / "beauty"))
+    parser.add_argument("--work", default="/tmp/bench_quality", help="prepared data and runs (outside the repo)")
+    parser.add_argument("--item-index", nargs="+", default=["random", "sequential"], choices=["random", "sequential"])
+    parser.add_argument("--user-prompt", nargs="+", default=["pool", "neighbors", "none"],
+                        choices=["pool", "neighbors", "none"])
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--arch", default="tiny")
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--split", choices=["valid", "test"], default="test")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N users only")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--train-args", default="--dropout 0 --constrained-decoding",
+                        help="more `peapod-scale train` flags, the same for every configuration")
+    parser.add_argument("--report", metavar="RUN_ID", help="reprint the table and plot of an earlier run")
+    args = parser.parse_args(argv)
+    log = RESULTS / "bench_quality.jsonl"
+    if args.report:
+        rows = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["run_id"] == args.report]
+        if not rows:
+            sys.exit(f"bench_quality: no rows of run {args.report} in {log}")
+        return report(rows, args.report, rows[0]["dataset"])
+    if args.dataset == "beauty" and not (Path(args.input) / "sequential_data.txt").exists():
+        sys.exit(f"bench_quality: error: {args.input} has no sequential_data.txt (P5 Beauty); pass --input")
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    common = {"run_id": run_id, "dataset": args.dataset, "steps": args.steps, "arch": args.arch,
+              "split": args.split, "limit": args.limit, "train_args": args.train_args,
+              "machine": {"host": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg()[0]},
+              "versions": _versions(), "commit": _commit(), "python": platform.python_version()}
+    rows = []
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for item_index in args.item_index:
+        data = prepare(args, item_index)
+        for user_prompt in args.user_prompt:
+            row = {**common, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   **train_and_evaluate(args, data, item_index, user_prompt, run_id)}
+            with open(log, "a") as out:
+                out.write(json.dumps(row) + "\n")
+            rows.append(row)
+            print(f"{item_index}/{user_prompt}: {row['wall_s']} s, sequential HR@10 "
+                  f"{row['metrics']['sequential']['model']['HR@10']:.4f}, top-N HR@10 "
+                  f"{row['metrics']['topn']['model']['HR@10']:.4f}", flush=True)
+    report(rows, run_id, args.dataset)
+
+
+if __name__ == "__main__":
+    main()
