@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n`peapod-scale COMMAND --help` lists a command's options.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, _ = COMMANDS[argv[0]]
+    from .log import setup_cli_logging
+
+    setup_cli_logging()  # the `peapod_scale` logger writes through tqdm; library users configure their own
     try:
         return command(argv[1:])
     except (FileNotFoundError, ValueError) as error:  # user-facing input problems: no traceback
