@@ -11,9 +11,12 @@ checkpoint is complete and deletes a stale one when an attempt starts, so after 
 the file exists exactly when that attempt was preempted and checkpointed; every rank exits with 75
 (EX_TEMPFAIL: "temporary failure, try again").
 
-The handlers are installed before the data loader forks its workers, which inherit them: torchrun
-signals each worker's whole process group, loader workers included, and a worker killed by the
-signal would make the loader fail the step that is being finished.
+Loader workers must outlive the signal too: torchrun signals each rank's whole process group and a
+cluster signals every process of a job step, loader workers included, and a dead worker fails the
+step being finished. PyTorch's workers install their own SIGTERM handler (they exit on it), so the
+loader forks them while SIGTERM is blocked (``forking_without_sigterm``): a child keeps the blocked
+mask, SIGTERM stays pending there and never acts; the workers end when the loader shuts them down.
+SIGUSR1 reaches them as the recording handler they inherit.
 """
 
 from __future__ import annotations
@@ -81,6 +84,16 @@ class StopSignals:
             yield
         finally:
             self._interrupt = False
+
+
+@contextlib.contextmanager
+def forking_without_sigterm():
+    """Children forked inside never act on SIGTERM; here, one that arrives meanwhile is delivered on leaving."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def clear_marker(run_dir: Path) -> None:

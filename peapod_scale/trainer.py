@@ -198,7 +198,7 @@ class Trainer:
     def train(self) -> str | None:
         """Train to --max-steps (or an early stop); the signal's name if SIGTERM/SIGUSR1 stopped it (checkpointed)."""
         cfg, engine = self.cfg, self.engine
-        batches = iter(self.stream)
+        batches = self._batches()
         device = engine.device
         sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         progress = tqdm(total=cfg.max_steps, initial=engine.global_steps, desc="train", disable=not self.dist.is_main,
@@ -267,6 +267,17 @@ class Trainer:
                                         f"checkpoints/step{engine.global_steps}")
             self.collectives.barrier()
         return stop_signal
+
+    def _batches(self):
+        """The stream's batches; its loader forks the workers at the first one, out of SIGTERM's reach."""
+        stream = iter(self.stream)
+        try:
+            with preemption.forking_without_sigterm():
+                first = next(stream)
+            yield first
+            yield from stream
+        finally:
+            stream.close()  # stops the loader workers
 
     def save_checkpoint(self) -> None:
         """The periodic checkpoint ``stepN`` of the current step (OSError if the disk cannot take it)."""
