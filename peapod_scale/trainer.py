@@ -98,6 +98,12 @@ class Trainer:
                                   self.ds_config["gradient_accumulation_steps"])
         self.fingerprint = checkpointing.dataset_fingerprint(self.manifest, self.codec.vocab_size)
         self.resume_point, notes = self._plan_resume()  # refuses an incompatible checkpoint before the expensive load
+        if cfg.user_prompt == "pool":  # --compose triton that cannot run: one error line now, not at step 1
+            from .kernels import check_compose_backend
+            from .model.build import engine_dtype
+
+            device = f"cuda:{self.dist.local_rank}" if distributed.use_cuda() else "cpu"
+            check_compose_backend(cfg.compose, device, engine_dtype(self.ds_config))
         # At ZeRO-3 the model is partitioned while it is built (deepspeed.zero.Init): no rank holds it whole.
         model = build_model(cfg, self.manifest["counts"]["users"], self.codec.vocab_size, ds_config=self.ds_config)
         if cfg.activation_checkpointing:  # non-reentrant: also right when the prompt-side inputs need no grad

@@ -33,3 +33,22 @@ def test_malformed_input_is_a_one_line_error_and_leaves_nothing(tmp_path):
 def test_evaluate_names_a_missing_run_folder(tmp_path):
     result = _run("evaluate", "--checkpoint", str(tmp_path / "nope"), "--data", str(tmp_path))
     assert result.returncode == 2 and "nope" in result.stderr
+
+
+def test_compose_triton_that_cannot_run_is_one_error_line_before_training(tmp_path):
+    import os
+
+    from peapod_scale.data.prepare import prepare_dataset
+
+    lines = [f"{u}\t{(u + k) % 15 + 1}\t4\t{100 * u + k}" for u in range(1, 9) for k in range(6)]
+    (tmp_path / "u.data").write_text("\n".join(lines) + "\n")
+    prepare_dataset("movielens", str(tmp_path / "u.data"), str(tmp_path / "ds"), seed=0, num_negatives=3)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "train", "--data", str(tmp_path / "ds"),
+                             "--output", str(tmp_path / "run"), "--compose", "triton", "--max-steps", "1",
+                             "--micro-batch-size", "4"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("peapod-scale train: error: --compose triton cannot run")
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "checkpoints").exists()
