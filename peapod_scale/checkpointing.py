@@ -306,7 +306,9 @@ def convert_to_universal(tag_dir: Path, log) -> Path:
                "--output_folder", str(work / UNIVERSAL), "--num_extract_workers", str(workers),
                "--num_merge_workers", str(max(1, workers // 2))]
     log(f"converting {tag_dir} (written by {read_meta(tag_dir)['world_size']} rank(s)) to a universal checkpoint")
-    done = subprocess.run(command, capture_output=True, text=True)
+    # its own session: a SIGTERM to the rank's process group (a preemption) must not kill the conversion;
+    # the rank records it and stops after its first step
+    done = subprocess.run(command, capture_output=True, text=True, start_new_session=True)
     if done.returncode != 0:
         shutil.rmtree(work, ignore_errors=True)
         tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
@@ -325,10 +327,37 @@ def load_engine_state(engine, tag_dir: Path, universal: bool) -> None:
     (one run may load a universal checkpoint at start and a same-size best checkpoint at its end).
     """
     engine._config.load_universal_checkpoint = universal
+    stage3 = universal and engine.zero_optimization_partition_weights()
+    groups = _group_settings(engine.optimizer.optimizer) if stage3 else None
     load_dir, tag = (tag_dir, UNIVERSAL) if universal else (tag_dir.parent, tag_dir.name)
     loaded, _ = engine.load_checkpoint(str(load_dir), tag=tag)
     if loaded is None:
         raise ValueError(f"{tag_dir}: DeepSpeed could not load it")
+    if groups is not None:
+        _repair_zero3_universal_load(engine.optimizer, groups, engine.lr_scheduler.get_last_lr())
+
+
+def _repair_zero3_universal_load(zero_optimizer, groups: list[dict], lrs: list[float]) -> None:
+    """Undo two slips of DeepSpeed 0.19.8's ZeRO-3 universal loader
+    (stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3), found by the 2 -> 1 / 1 -> 2 tests:
+
+    - it copies the FIRST parameter group's settings onto every group: the no-decay group would decay and
+      the embedding tables would lose their --embedding-lr-scale. Each group gets its own settings back,
+      and the learning rate of the restored scheduler;
+    - it gives every group's Adam state the same ``step`` tensor, which torch's AdamW then increments in
+      place once per group and step: bias corrections run ahead. Each group gets its own copy.
+    """
+    inner = zero_optimizer.optimizer
+    for group, settings, lr in zip(inner.param_groups, groups, lrs):
+        group.update(settings, lr=lr)
+    for flat in zero_optimizer.fp32_partitioned_groups_flat:
+        state = inner.state[flat]
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
+def _group_settings(optimizer) -> list[dict]:
+    return [{key: value for key, value in group.items() if key not in ("params", "lr")} for group in optimizer.param_groups]
 
 
 # -- saving ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peapod_scale.checkpoint_files import verify_checkpoint
+from peapod_scale.checkpointing import verify_checkpoint
 from peapod_scale.export import export
 
 from test_data_user_similarity import synthetic_ratings, write_udata

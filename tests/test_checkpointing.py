@@ -148,7 +148,6 @@ def _train_once(args: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("change, message", [
     (("--arch", "mini"), "the checkpoint was trained with --arch tiny, this run has --arch mini"),
-    (("--user-dim", "32"), "the checkpoint was trained with --user-dim 64, this run has --user-dim 32"),
     (("--data", "OTHER"), "the checkpoint was trained on other data: users count 30 in the checkpoint, 24 in --data"),
 ])
 def test_an_incompatible_checkpoint_is_one_error_line_and_the_run_folder_is_left_as_it_was(reference, broken_copy,
