@@ -64,6 +64,17 @@ LABELS = {"ddp": "PyTorch DDP", "z0": "ZeRO-0", "z1": "ZeRO-1", "z2": "ZeRO-2", 
 # per preset: micro batch, steps, log window (t5-small is ~10x slower per example on these CPUs)
 PRESET_RUNS = {"tiny": (32, 60, 10), "t5-small": (8, 24, 4)}
 GOAL_Z2_VS_DDP = 1.0
+
+
+def label(config: str) -> str:
+    """A config's name in tables: the shipped ones by stage, an --extra-config by its own name."""
+    return LABELS.get(config, config)
+
+
+def _in_order(configs) -> list[str]:
+    """The shipped configs in stage order, then any --extra-config in the order first seen."""
+    seen = list(dict.fromkeys(configs))
+    return [c for c in CONFIGS if c in seen] + [c for c in seen if c not in CONFIGS]
 GOAL_ESTIMATE = 0.10
 
 
@@ -249,6 +260,7 @@ class Bench:
 
     def __init__(self, args):
         self.args, self.run_id, self.rows = args, uuid.uuid4().hex[:8], []
+        self.extra = dict(item.split("=", 1) for item in args.extra_config)  # name -> DeepSpeed JSON
         self.scratch = Path(tempfile.mkdtemp(prefix="bench_train_"))
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                     "PYTHONUNBUFFERED": "1"}
@@ -265,7 +277,7 @@ class Bench:
 
     def config_path(self, config: str) -> str:
         """The DeepSpeed config of a run; DDP reads its optimizer settings from z2 (the same in every shipped config)."""
-        return {"z0": str(self.scratch / "z0.json"), "ddp": "z2"}.get(config, config)
+        return {"z0": str(self.scratch / "z0.json"), "ddp": "z2", **self.extra}.get(config, config)
 
     def record(self, row: dict, load: float) -> dict:
         row = {**row, "run_id": self.run_id, "commit": self.commit, "code": self.args.code, "versions": self.versions,
@@ -399,12 +411,12 @@ def throughput_table(rows: list[dict]) -> list[str]:
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         mine = [r for r in rows if r["arch"] == arch]
         for ranks in sorted({r["ranks"] for r in mine}, reverse=True):
-            for config in CONFIGS:
+            for config in _in_order(r["config"] for r in mine):
                 runs = [r for r in mine if r["config"] == config and r["ranks"] == ranks and "samples_per_s" in r]
                 failed = [r for r in mine if r["config"] == config and r["ranks"] == ranks and "error" in r]
                 if not runs:
                     if failed:
-                        lines.append(f"| {LABELS[config]} | {ranks} | failed | | | {len(failed)} | |")
+                        lines.append(f"| {label(config)} | {ranks} | failed | | | {len(failed)} | |")
                     continue
                 rates = [r["samples_per_s"] for r in runs]
                 ratios = []
@@ -416,7 +428,7 @@ def throughput_table(rows: list[dict]) -> list[str]:
                 one = [r["samples_per_s"] for r in mine if r["config"] == config and r["ranks"] == 1 and "samples_per_s" in r]
                 scaling = f"{statistics.median(rates) / statistics.median(one):.2f}x" if ranks == 2 and one else ""
                 mfu = [r["mfu"] for r in runs if "mfu" in r]
-                lines.append(f"| {LABELS[config]} | {ranks} | {statistics.median(rates):,.1f} | {_spread(rates)} | "
+                lines.append(f"| {label(config)} | {ranks} | {statistics.median(rates):,.1f} | {_spread(rates)} | "
                              f"{statistics.median(ratios):.2f}x | {len(runs)}{' (+%d failed)' % len(failed) if failed else ''} | "
                              f"{scaling}{f' MFU {100 * statistics.median(mfu):.1f}%' if mfu else ''} |")
     return lines
@@ -434,7 +446,7 @@ def memory_table(rows: list[dict]) -> list[str]:
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['arch']} | {r['precision']} | {LABELS[r['config']]} | failed | | | | | | | | | |")
+            lines.append(f"| {r['arch']} | {r['precision']} | {label(r['config'])} | failed | | | | | | | | | |")
             continue
         peak = max((rank["peak"] for rank in r["ranks"]), key=lambda p: p["model_states"])
         held = peak["bytes"]
@@ -442,7 +454,7 @@ def memory_table(rows: list[dict]) -> list[str]:
         estimate = estimate_for(r)  # recomputed: the current estimate against the stored measurement
         buffers = sum(held.get(k, 0) for k in ("buckets", "communication", "deepspeed other"))
         lines.append(
-            f"| {r['arch']} | {r['precision']} | {LABELS[r['config']]} | {held.get('parameters', 0) / mib:,.1f} | "
+            f"| {r['arch']} | {r['precision']} | {label(r['config'])} | {held.get('parameters', 0) / mib:,.1f} | "
             f"{held.get('gradients', 0) / mib:,.1f} | "
             f"{(held.get('master weights', 0) + held.get('moments', 0)) / mib:,.1f} | {buffers / mib:,.1f} | "
             f"{measured / mib:,.1f} | {estimate['paper'] / mib:,.1f} | {estimate['paper'] / measured:.2f} | "
@@ -471,7 +483,7 @@ def goals(rows: list[dict]) -> list[str]:
         worst = max(memory, key=lambda r: abs(estimate_for(r)["estimate"] / _measured(r) - 1))
         error = estimate_for(worst)["estimate"] / _measured(worst) - 1
         lines.append(f"goal estimate within {GOAL_ESTIMATE:.0%} of the measured model state at every stage: worst "
-                     f"{error:+.1%} ({worst['arch']} {worst['precision']} {LABELS[worst['config']]}): "
+                     f"{error:+.1%} ({worst['arch']} {worst['precision']} {label(worst['config'])}): "
                      f"{'MET' if abs(error) <= GOAL_ESTIMATE else 'NOT MET'}")
     return lines
 
@@ -496,7 +508,7 @@ def plot(rows: list[dict], path: Path) -> str:
         return "nothing to plot"
     figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     for axis, arch in zip(axes[0], archs):
-        configs = [c for c in CONFIGS if any(r["config"] == c and r["arch"] == arch for r in speed)]
+        configs = _in_order(r["config"] for r in speed if r["arch"] == arch)
         medians, lows, highs = [], [], []
         for config in configs:
             rates = [r["samples_per_s"] for r in speed if r["config"] == config and r["arch"] == arch]
@@ -505,12 +517,12 @@ def plot(rows: list[dict], path: Path) -> str:
             highs.append(max(rates) - medians[-1])
         axis.bar(range(len(configs)), medians, yerr=[lows, highs], capsize=4,
                  color=["#888888" if c == "ddp" else "#3a7dc9" for c in configs])
-        axis.set_xticks(range(len(configs)), [LABELS[c].replace(" + ", "\n+ ") for c in configs], fontsize=8)
+        axis.set_xticks(range(len(configs)), [label(c).replace(" + ", "\n+ ") for c in configs], fontsize=8)
         axis.set_ylabel("samples/s, 2 ranks (median, min-max)")
         axis.set_title(f"{arch}: throughput")
     if memory:
         axis = axes[0][-1]
-        labels = [f"{r['arch']}\n{r['precision']}\n{LABELS[r['config']].replace('ZeRO-', 'Z').replace(' + offload', '+off')}"
+        labels = [f"{r['arch']}\n{r['precision']}\n{label(r['config']).replace('ZeRO-', 'Z').replace(' + offload', '+off')}"
                   for r in memory]
         x = range(len(memory))
         width = 0.27
@@ -552,6 +564,8 @@ def main() -> None:
     parser.add_argument("--arch", nargs="+", default=["tiny", "t5-small"], help="presets (default: %(default)s)")
     parser.add_argument("--parts", nargs="+", default=["throughput", "memory"], choices=["throughput", "memory"])
     parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS, help="throughput configs")
+    parser.add_argument("--extra-config", action="append", default=[], metavar="NAME=JSON",
+                        help="also time this DeepSpeed config under NAME (after the shipped ones), e.g. a tuned z2")
     parser.add_argument("--scaling", nargs="*", default=["ddp", "z2"], choices=CONFIGS,
                         help="configs also run on 1 rank for the 1 -> 2 rank scaling (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of the interleaved configs (default: 3)")
@@ -587,11 +601,12 @@ def main() -> None:
     try:
         for arch in args.arch:
             if "throughput" in args.parts:
-                plan = [(c, 2) for c in args.configs] + [(c, 1) for c in args.scaling]
+                plan = [(c, 2) for c in args.configs] + [(name, 2) for name in bench.extra] + \
+                    [(c, 1) for c in args.scaling]
                 for repeat in range(args.repeats):
                     for config, ranks in plan:
                         row = bench.throughput(arch, config, ranks, repeat)
-                        print(f"  {arch:<9} {LABELS[config]:<17} {ranks} rank(s) rep {repeat}: "
+                        print(f"  {arch:<9} {label(config):<17} {ranks} rank(s) rep {repeat}: "
                               + (f"{row['samples_per_s']:8.1f} samples/s ({row['kept_windows']} windows, "
                                  f"{row['wall_s']:.0f} s, load {row['machine']['load_1min']:.1f})" if "samples_per_s" in row
                                  else "FAILED " + row["error"][-800:]), flush=True)
@@ -600,10 +615,10 @@ def main() -> None:
                     for config in args.memory_configs:
                         row = bench.memory(arch, precision, config)
                         if "error" in row:
-                            print(f"  {arch:<9} memory {precision} {LABELS[config]}: FAILED {row['error'][-800:]}",
+                            print(f"  {arch:<9} memory {precision} {label(config)}: FAILED {row['error'][-800:]}",
                                   flush=True)
                         else:
-                            print(f"  {arch:<9} memory {precision} {LABELS[config]:<17} measured "
+                            print(f"  {arch:<9} memory {precision} {label(config):<17} measured "
                                   f"{_measured(row) / 2**20:9.1f} MiB, paper {row['estimate']['paper'] / 2**20:8.1f}, "
                                   f"estimate {row['estimate']['estimate'] / 2**20:8.1f} MiB", flush=True)
     finally:

@@ -20,8 +20,8 @@ absent: ``DeepSpeedZeroConfig``). b is 2 bytes (bf16/fp16) or 4 (fp32), R = ``re
              with ``overlap_comm``) and the flat copy the all-reduce takes of it (b min(Ψ, R)); in the step
              the fp32 gradient of the largest group's partition (4 bytes each) instead
   stage 3    b Ψ/N parameter partitions (each parameter split into N); the parameters of at most
-             ``stage3_param_persistence_threshold`` elements kept whole (b each); 4Ψ/N master (none in fp32:
-             DeepSpeed updates the partition itself); 8Ψ/N moments; a b Ψ/N gradient partition buffer and the
+             ``stage3_param_persistence_threshold`` elements kept whole (b each); 4Ψ/N master (a copy in fp32
+             too); 8Ψ/N moments; a b Ψ/N gradient partition buffer and the
              bucket b R, both held all the time; in the forward and backward the gathered parameters: all of
              them while the model is smaller than ``stage3_max_reuse_distance`` + ``stage3_prefetch_bucket_size``
              (DeepSpeed keeps a parameter whose next use is that close), else about that many; in the step the
@@ -310,7 +310,8 @@ def deepspeed_model_states(shape: ModelShape, zero: ZeroSettings, ranks: int, pr
         optimizer_where = "cpu" if zero.offload_optimizer else "gpu"
         add("parameter partitions", b * part, "held", "cpu" if zero.offload_param else "gpu")
         add("persistent parameters", b * persistent, "backward")  # partitioned again for the step
-        add("fp32 master weights", 4 * part if mixed or zero.offload_optimizer else 0, "held", optimizer_where)
+        # a copy in fp32 too: DeepSpeed's reuse test compares a torch.device with a string, which is never equal
+        add("fp32 master weights", 4 * part, "held", optimizer_where)
         add("Adam moments", 8 * part, "held", optimizer_where)
         add("gradient partition", b * part, "held", optimizer_where)
         add("reduction bucket", b * zero.reduce_bucket_size if zero.contiguous_gradients else 0, "held")
