@@ -64,7 +64,8 @@ def _evaluate(argv: list[str]) -> int:
     from .data.stream import read_manifest
     from .data.tokenizer import TextCodec
     from .distributed import setup_inference
-    from .evaluation import evaluate, format_table, write_json_atomic
+    from .atomic_files import write_json_atomic
+    from .evaluation import evaluate, format_table
     from .inference import load_model
 
     info = setup_inference()  # under a launcher: users sharded over the ranks, results gathered

@@ -14,9 +14,7 @@ is cut), the rows per call and how often they were halved.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -300,10 +298,3 @@ def format_table(results: dict) -> str:
         if halved:
             lines.append("out of memory: rows per call halved " + ", ".join(f"{t} {n}x" for t, n in halved.items()))
     return "\n".join(lines)
-
-
-def write_json_atomic(path: str | Path, payload: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)

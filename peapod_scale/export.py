@@ -40,7 +40,7 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from .checkpoint_files import verify_checkpoint
+    from .checkpointing import verify_checkpoint
     from .data.tokenizer import TextCodec
     from .model.peapod import PeaPOD
 

@@ -18,9 +18,9 @@
 # only between commands, and the trap forwards SIGUSR1 to every process of the training step
 # (`scancel --signal=USR1 JOBID`: all steps, not the batch shell). Why this way:
 #  - the shell that must requeue the job knows that a signal came, and logs when;
-#  - USR1, not TERM, to the step: SLURM signals every process of a step, the data loader workers too,
-#    and a torch loader worker exits on a SIGTERM that does not come from its parent (the step being
-#    finished would then fail); USR1 reaches the trainer's handler everywhere;
+#  - USR1 to the step: SLURM signals every process of a step, the data loader workers too; they
+#    inherit the trainer's recording handler for USR1 and are forked with SIGTERM blocked
+#    (peapod_scale/preemption.py), so a preempting scheduler's TERM does not kill them either;
 #  - torchrun forwards SIGUSR1 only when told (--signals-to-handle ...,SIGUSR1; by default USR1 kills
 #    it), then waits SHUTDOWN_TIMEOUT (480 s, below the 600 s lead, longer than a checkpoint save) for
 #    its ranks before it kills them. With LAUNCHER=srun the ranks get the signal straight from SLURM.
