@@ -64,6 +64,30 @@ def test_kill_9_mid_step_then_the_same_command_continues_the_uninterrupted_losse
     assert log.count("resumed from") == 2 and log.count(f"{survived['run'] / 'checkpoints' / 'step3'} at step 3") == 2
 
 
+@pytest.fixture(scope="module")
+def zero3_survived(tmp_path_factory) -> dict:
+    """ZeRO-3 (every rank holds a slice of each parameter): uninterrupted, and killed mid-step after step 3's save."""
+    stage = ("--deepspeed", "ds_configs/z3.json")
+    data, uninterrupted = resume_runs.reference(tmp_path_factory, *stage)
+    run_dir = tmp_path_factory.mktemp("zero3-killed") / "run"
+    args = train_args(data, run_dir, *stage)
+    first = Job(args)
+    wait_until(lambda: latest(run_dir) == "step3" and logged_step(run_dir) >= 4, first, "step 4 after checkpoint step3",
+               poll=0.01)
+    first.kill()
+    killed_at = logged_step(run_dir)
+    return {"uninterrupted": uninterrupted, "run": run_dir, "killed_at": killed_at, "codes": Job(args).wait()}
+
+
+def test_kill_9_at_zero3_then_the_same_command_continues_the_uninterrupted_losses(zero3_survived):
+    assert zero3_survived["codes"] == [0, 0] and zero3_survived["killed_at"] >= 4
+    want, got = losses(zero3_survived["uninterrupted"]), losses(zero3_survived["run"])
+    assert sorted(got) == list(range(1, resume_runs.STEPS + 1))
+    for step in range(4, resume_runs.STEPS + 1):
+        assert got[step] == pytest.approx(want[step], rel=1e-4), step
+    assert "resumed from" in (zero3_survived["run"] / "train.log").read_text()
+
+
 def test_a_kill_during_the_save_leaves_latest_on_the_previous_complete_checkpoint(survived):
     second = survived["second"]
     assert second["tmp_left"] and not second["step6"]  # killed while the step-6 files were being written
