@@ -64,7 +64,8 @@ DEEPSPEED_RECORDS = frozenset({
 # Options that define the model, the parameters that learn or the examples of the training stream:
 # a checkpoint trained with another value cannot be continued. Every other option may change on resume.
 MUST_MATCH = ("arch", "model", "train", "user_prompt", "pool_size", "prompt_length", "gate_heads", "tau",
-              "user_dim", "task_prompt_length", "seed", "topn_candidates", "shuffle_buffer")
+              "user_dim", "task_prompt_length", "seed", "topn_candidates", "topn_history",
+              "shuffle_buffer")
 _NOT_COMPARED = ("resume", "output", "local_rank", "overwrite")
 
 

@@ -80,7 +80,8 @@ def _evaluate(argv: list[str]) -> int:
     manifest = read_manifest(args.data)
     results = evaluate(model, codec, args.data, manifest, split=args.split, rank=info.rank, world_size=info.world_size,
                        tasks=[t for t in args.tasks.split(",") if t], batch_size=args.batch_size,
-                       num_beams=num_beams, seed=seed, limit=args.limit, constrained=constrained)
+                       num_beams=num_beams, seed=seed, limit=args.limit, constrained=constrained,
+                       topn_history=run.get("topn_history", 0))  # the top-N prompts it was trained on
     output = Path(args.output) if args.output else (run_dir / f"metrics_{args.split}.json")
     if info.is_main:
         write_json_atomic(output, results)

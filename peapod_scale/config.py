@@ -46,6 +46,8 @@ class TrainConfig:
     overwrite: bool = _opt(False, "with --resume none: delete the run folder's earlier checkpoints, TensorBoard "
                                   "events, model and metrics, and start again")
     topn_candidates: int = _opt(20, "candidates in a top-N training prompt (1 positive + sampled negatives)")
+    topn_history: int = _opt(0, "the user's most recent items shown before the candidates of a top-N prompt, in "
+                                "training and evaluation (0: the candidates only, as POD asks)")
     train: str = _opt("all", "what learns: all parameters, or prompts (frozen backbone; task prompts, whole-word "
                              "embedding and the user prompt module only)", choices=["all", "prompts"])
     user_prompt: str = _opt("pool", "personalised prompt: pool (PeaPOD), neighbors (PeaPOD v2: attention over the "

@@ -194,12 +194,13 @@ def evaluate(model, codec: TextCodec, data_dir: str | Path, manifest: dict, *, s
              tasks: Sequence[str] = RANKING_TASKS, batch_size: int = 32, num_beams: int = 20, seed: int = 42,
              limit: int | None = None, rank: int = 0, world_size: int = 1, synced: bool = False,
              constrained: bool = False, memory_budget: int | None = None,
-             collectives: HostCollectives | None = None) -> dict:
+             collectives: HostCollectives | None = None, topn_history: int = 0) -> dict:
     """Metrics for the model (and both baselines on ranking tasks); every rank returns the same dict.
 
     ``memory_budget``: bytes one generate call may use (default: measured on the model's device, see
     ``generation_memory``); batches of ``batch_size`` rows are split into calls that fit it.
     ``collectives``: the caller's ``distributed.HostCollectives`` (made here when not given).
+    ``topn_history``: recent items in a top-N prompt; a model is evaluated with the prompts it was trained on.
     """
     unknown = set(tasks) - set(EVAL_TASKS)
     if unknown:
@@ -207,13 +208,13 @@ def evaluate(model, codec: TextCodec, data_dir: str | Path, manifest: dict, *, s
     if collectives is None:
         collectives = HostCollectives.for_world(world_size)
     rows = read_rows(data_dir, manifest, split)[:limit]
-    batcher = TaskBatcher(codec, manifest["counts"]["items"], seed=seed)
+    batcher = TaskBatcher(codec, manifest["counts"]["items"], seed=seed, topn_history=topn_history)
     was_training = model.training
     model.eval()
     if memory_budget is None:
         memory_budget = device_budget(next(model.parameters()).device)
     results: dict = {"split": split, "users": len(rows), "num_beams": num_beams, "constrained": constrained,
-                     "batch_size": batch_size, "generation": {}}
+                     "topn_history": topn_history, "batch_size": batch_size, "generation": {}}
     ranking = [t for t in tasks if t in RANKING_TASKS]
     if ranking:
         returned = min(TOP_K, num_beams)

@@ -90,7 +90,8 @@ class Trainer:
         self.ds_config = ds_config.resolve(cfg.deepspeed, world_size=self.dist.world_size,
                                            micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
                                            precision=cfg.precision)
-        self.batcher = TaskBatcher(self.codec, self.manifest["counts"]["items"], cfg.topn_candidates, cfg.seed)
+        self.batcher = TaskBatcher(self.codec, self.manifest["counts"]["items"], cfg.topn_candidates, cfg.seed,
+                                   topn_history=cfg.topn_history)
         # the training stream; its position goes into every checkpoint
         self.stream = task_stream(cfg.data, self.manifest, self.task_weights, self.batcher,
                                   self.ds_config["train_micro_batch_size_per_gpu"], self.dist.rank, self.dist.world_size,
@@ -403,7 +404,7 @@ class Trainer:
                            tasks=cfg.eval_task_list(), batch_size=cfg.eval_batch_size, num_beams=cfg.num_beams,
                            seed=cfg.seed, limit=limit, rank=self.dist.rank, world_size=self.dist.world_size,
                            synced=self.dist.world_size > 1 and ds_config.zero_stage(self.ds_config) == 3,
-                           constrained=cfg.constrained_decoding)
+                           constrained=cfg.constrained_decoding, topn_history=cfg.topn_history)
         results["step"] = self.engine.global_steps
         if self.dist.is_main:
             if write:

@@ -46,8 +46,8 @@ def bf16_zero3_run(tmp_path_factory) -> tuple[Path, Path]:
     _run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(_free_port()),
           "peapod_scale/train.py", "--data", str(root / "ds"), "--output", str(run_dir), "--model", str(pretrained),
           "--deepspeed", "ds_configs/z3.json", "--precision", "bf16", "--max-steps", "3", "--log-every", "1",
-          "--micro-batch-size", "4", "--topn-candidates", "4", "--num-beams", "2", "--eval-limit", "4",
-          "--eval-batch-size", "1"])
+          "--micro-batch-size", "4", "--topn-candidates", "4", "--topn-history", "2", "--num-beams", "2",
+          "--eval-limit", "4", "--eval-batch-size", "1"])
     return run_dir, root / "ds"
 
 
@@ -92,6 +92,7 @@ def test_evaluate_and_recommend_use_the_runs_dtype_and_numbers(bf16_zero3_run, t
           "--limit", "4", "--batch-size", "1", "--output", str(out)])
     single, trainer = json.loads(out.read_text()), json.loads((run_dir / "metrics_test.json").read_text())
     assert single["num_beams"] == 2  # the run's --num-beams, not evaluate's stand-alone default of 20
+    assert single["topn_history"] == trainer["topn_history"] == 2  # the top-N prompts the run trained on
     for task in ("sequential", "topn"):  # the run's seed, beams and dtype: the trainer's own figures
         assert single[task]["model"] == pytest.approx(trainer[task]["model"], abs=1e-9), task
     users = json.loads((data / "manifest.json").read_text())
