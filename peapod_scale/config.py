@@ -8,6 +8,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .model.dimensions import PRESETS
+
 
 def _opt(default, help: str, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
@@ -18,7 +20,7 @@ class TrainConfig:
     data: str = _opt(None, "dataset folder written by `peapod-scale prepare`", required=True)
     output: str = _opt(None, "run folder: resolved config, checkpoints, model, TensorBoard events, metrics", required=True)
     deepspeed: str = _opt("ds_configs/z2.json", "DeepSpeed JSON config (ZeRO stage, optimizer); batch sizes here override it")
-    arch: str = _opt("tiny", "backbone preset built with random weights (tiny, t5-small, t5-base, ..., flan-t5-xxl)")
+    arch: str = _opt("tiny", "backbone preset built with random weights: %(choices)s", choices=PRESETS, metavar="PRESET")
     model: Optional[str] = _opt(None, "pretrained T5/Flan-T5 hub name or local folder; overrides --arch")
     max_steps: int = _opt(1000, "optimizer steps to train")
     micro_batch_size: Optional[int] = _opt(None, "examples per rank per micro-step (default: the DeepSpeed config's)")

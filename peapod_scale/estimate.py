@@ -53,6 +53,8 @@ import math
 
 import torch
 
+from .model.dimensions import PRESETS
+
 GIB = 2**30
 MIB = 2**20
 ALLREDUCE_BUCKET = 500_000_000  # deepspeed.runtime.engine.MEMORY_OPT_ALLREDUCE_SIZE: stage 0's all-reduce chunk
@@ -397,7 +399,7 @@ def report(args: argparse.Namespace) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", required=True, help="backbone preset (tiny, t5-small, ..., flan-t5-xxl)")
+    parser.add_argument("--arch", required=True, choices=PRESETS, metavar="PRESET", help="backbone preset: %(choices)s")
     parser.add_argument("--zero", type=int, choices=[0, 1, 2, 3],
                         help="ZeRO stage; the shipped config for it is read (z1 with stage 0, z1, z2, z3)")
     parser.add_argument("--offload", action="store_true", help="optimizer states and parameters on CPU (z3_offload)")

@@ -52,3 +52,16 @@ def test_compose_triton_that_cannot_run_is_one_error_line_before_training(tmp_pa
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("peapod-scale train: error: --compose triton cannot run")
     assert "Traceback" not in result.stderr and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_unknown_arch_is_refused_by_the_option_parser_and_help_lists_every_preset(tmp_path):
+    from peapod_scale.model.presets import PRESETS, preset_config
+
+    result = _run("train", "--data", str(tmp_path), "--output", str(tmp_path / "run"), "--arch", "t5-huge")
+    assert result.returncode == 2 and "argument --arch: invalid choice: 't5-huge'" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+    assert "DeepSpeed" not in result.stderr + result.stdout  # refused before anything heavy started
+    help_text = "".join(_run("train", "--help").stdout.split())  # argparse wraps lines, at hyphens too
+    for name in PRESETS:
+        assert name in help_text
+        preset_config(name)  # every listed preset builds
