@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from peapod_scale.config import parse_train_config
+from peapod_scale.log import setup_cli_logging
 from peapod_scale.preemption import EXIT_PREEMPTED, Preempted
 from peapod_scale.trainer import Trainer
 
@@ -32,6 +33,7 @@ def _report(error: BaseException, rank: int, run_dir: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_train_config(argv)
+    setup_cli_logging()  # the package's messages as bare lines, through tqdm
     try:
         trainer = Trainer(cfg)
     except Exception as error:  # noqa: BLE001 - options, data or a checkpoint that do not fit: nothing was written

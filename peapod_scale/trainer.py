@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,6 +27,8 @@ from .data.tokenizer import load_codec
 from .evaluation import evaluate, format_table
 from .throughput import StepMeter, flop_counter, log_line
 from .model.build import build_model, optimizer_groups
+
+_log = logging.getLogger(__name__)
 
 
 def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
@@ -184,7 +187,7 @@ class Trainer:
             notes.append(f"resume: options changed since {point.tag_dir.name}: {', '.join(changed)}")
         if checkpointing.needs_universal(point.meta, self.dist.world_size):
             def convert():
-                universal = checkpointing.convert_to_universal(point.tag_dir, tqdm.write)
+                universal = checkpointing.convert_to_universal(point.tag_dir, _log.info)
                 checkpointing.verify_checkpoint(universal, recursive=True)  # DeepSpeed unpickles it unrestricted
             self._on_main(convert)
             notes.append(f"resume: {point.tag_dir.name} was written by {point.meta['world_size']} rank(s), this run "
@@ -193,7 +196,7 @@ class Trainer:
 
     def log(self, message: str) -> None:
         if self.dist.is_main:
-            tqdm.write(message)
+            _log.info(message)  # the `peapod_scale` logger: through tqdm on the command line
             with open(self.run_dir / "train.log", "a") as log_file:
                 log_file.write(message + "\n")
 
