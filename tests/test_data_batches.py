@@ -60,8 +60,8 @@ def test_topn_history_shows_the_last_items_in_training_and_evaluation_prompts(lo
     batcher = TaskBatcher(codec, ITEMS, topn_candidates=10, seed=1, topn_history=3)
     for row in (evaluation_row, training_row):
         prompt = batcher.sources([row], "topn")[0]
-        assert prompt.startswith(f"user_{row['user']} interacted with items 9 , 13 , 17 . Which of these")
-        assert len(prompt.split("?")[-1].split(",")) == 10  # the candidates are still all there
+        assert prompt.startswith(f"user_{row['user']} interacted with items 9 13 17 . Which of these")
+        assert len(prompt.split("?")[-1].split()) == 10  # the candidates are still all there
     plain = TaskBatcher(codec, ITEMS, topn_candidates=10, seed=1).sources([evaluation_row], "topn")[0]
     assert plain == topn_prompt(rows[0]["user"], evaluation_candidates(evaluation_row, 1))  # 0: POD's prompt
     with pytest.raises(ValueError, match="topn_history -1"):

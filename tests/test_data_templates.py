@@ -21,6 +21,6 @@ def test_every_target_parses_back_to_its_item():
 
 
 def test_topn_prompt_puts_the_recent_history_before_the_question():
-    assert topn_prompt(3, [8, 2]) == "Which of these items should be recommended to user_3 ? 8 , 2"
-    assert topn_prompt(3, [8, 2], [5, 6]) == ("user_3 interacted with items 5 , 6 . "
-                                             "Which of these items should be recommended to user_3 ? 8 , 2")
+    assert topn_prompt(3, [8, 2]) == "Which of these items should be recommended to user_3 ? 8 2"
+    assert topn_prompt(3, [8, 2], [5, 6]) == ("user_3 interacted with items 5 6 . "
+                                             "Which of these items should be recommended to user_3 ? 8 2")
