@@ -77,8 +77,10 @@ class TrainConfig:
     eval_batch_size: int = _opt(32, "users per generation batch")
     num_beams: int = _opt(20, "beams in evaluation beam search (10 returned)")
     eval_limit: Optional[int] = _opt(None, "evaluate only the first N users (quick checks)")
-    constrained_decoding: bool = _opt(False, "beam search may only spell valid items (all items for sequential, "
-                                             "the row's candidates for top-N): a prefix trie over their token ids")
+    constrained_decoding: bool = _opt(True, "beam search may only spell valid items (all items for sequential, "
+                                            "the row's candidates for top-N): a prefix trie over their token ids; "
+                                            "--no-constrained-decoding lets beams spell anything (each invalid "
+                                            "answer is then a miss at its rank)")
     eval_every: int = _opt(0, "validate every K optimizer steps on the valid split and keep the best checkpoint "
                               "(0: no validation during training)")
     val_limit: Optional[int] = _opt(None, "validate on the first N users only (speed)")
@@ -107,9 +109,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             kwargs["default"] = f.default
             kwargs["help"] += " (default: %(default)s)"
         kind = hints[f.name]
-        if kind is bool:
+        if kind is bool:  # --flag, and --no-flag for a default that is on
             kwargs.pop("type", None)
-            parser.add_argument(*names, action="store_true", **kwargs)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction if f.default else "store_true", **kwargs)
             continue
         kwargs["type"] = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # Optional[X] -> X
         parser.add_argument(*names, **kwargs)
