@@ -14,10 +14,12 @@ candidates) on ``--split`` and puts beside the model the three counting baseline
 rows from the training part only: popularity, item-to-item transitions and "last id + k"
 (``baselines.NextIds``, which measures the numbering leak of ``--item-index sequential``).
 
-Full budget: ``--steps 4000`` of the tiny preset, batch 32 per rank on 2 ranks, constrained decoding.
-NOT YET MEASURED on Beauty: on ML-100K a tiny step took 0.35-0.6 s on this shared 2-core machine, so
-4000 steps are ~25-40 min before evaluation, over the issue's 30 min per configuration; evaluating all
-22,363 Beauty users with 20 beams adds more. Time ``--steps 200 --limit 300`` first and size from it.
+Full budget: ``--steps 1400`` of the tiny preset with the demo's flags (``--train-args``: batch 128 per
+rank on 2 ranks, lr 2e-3, two sequential steps per top-N step; the best of the ML-100K valid-split
+ablations, benchmarks/results/bench_quality_ml100k_valid_ablations.md), constrained decoding (the
+trainer's default). On ML-100K that is ~5 min of training on this 2-core machine (0.21 s a step).
+NOT YET MEASURED on Beauty: its 12k-item vocabulary makes a step dearer, and evaluating all 22,363 users
+with 20 beams adds more; time ``--steps 200 --limit 300`` first and size from it (30 min per configuration).
 
 Each training gets a free rendezvous port (``--master_port``): on a machine shared with other DeepSpeed
 jobs the default 29500 may be taken, and the ranks then wait at start-up without a word.
@@ -191,13 +193,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--item-index", nargs="+", default=["random", "sequential"], choices=["random", "sequential"])
     parser.add_argument("--user-prompt", nargs="+", default=["pool", "neighbors", "none"],
                         choices=["pool", "neighbors", "none"])
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=1400)
     parser.add_argument("--arch", default="tiny")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--split", choices=["valid", "test"], default="test")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N users only")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--train-args", default="--dropout 0 --constrained-decoding",
+    parser.add_argument("--train-args", default="--dropout 0 --micro-batch-size 128 --lr 2e-3 --warmup-steps 70 "
+                                                "--task-weights sequential=2,topn=1",
                         help="more `peapod-scale train` flags, the same for every configuration")
     parser.add_argument("--report", metavar="RUN_ID", help="reprint the table and plot of an earlier run")
     args = parser.parse_args(argv)
