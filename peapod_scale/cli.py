@@ -54,7 +54,7 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
     parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
                         help="constrained decoding: generate only valid item ids (a prefix trie over their tokens); "
-                             "default: as the run evaluated (its --constrained-decoding)")
+                             "default: as the run evaluated (its --constrained-decoding), on for a folder without its config")
     parser.add_argument("--output", default=None, help="metrics JSON (default: CHECKPOINT/metrics_<split>.json)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="dtype of every parameter: auto is the one the run trained in, as the trainer's own "
@@ -75,7 +75,7 @@ def _evaluate(argv: list[str]) -> int:
     run = run_settings(run_dir)  # the run's own protocol unless told otherwise: its numbers come out again
     seed = args.seed if args.seed is not None else run.get("seed", 42)
     num_beams = args.num_beams if args.num_beams is not None else run.get("num_beams", 20)
-    constrained = args.constrained if args.constrained is not None else run.get("constrained_decoding", False)
+    constrained = args.constrained if args.constrained is not None else run.get("constrained_decoding", True)
     codec = TextCodec.from_file(model_dir / "tokenizer.json")
     manifest = read_manifest(args.data)
     results = evaluate(model, codec, args.data, manifest, split=args.split, rank=info.rank, world_size=info.world_size,
@@ -93,12 +93,18 @@ def _evaluate(argv: list[str]) -> int:
 
 
 def run_settings(run_dir) -> dict:
-    """The training options a run was started with (its config.json), {} for a folder without one."""
+    """The training options a run was started with (its config.json, or the copy an export keeps as
+    run_config.json), {} for a folder without either."""
     import json
     from pathlib import Path
 
-    config = Path(run_dir) / "config.json"
-    return json.loads(config.read_text()).get("train", {}) if config.is_file() else {}
+    from .export import RUN_CONFIG
+
+    for name in ("config.json", RUN_CONFIG):
+        config = Path(run_dir) / name
+        if config.is_file():
+            return json.loads(config.read_text()).get("train", {})
+    return {}
 
 
 def _prepare(argv: list[str]) -> int:

@@ -33,6 +33,7 @@ def consolidation_bytes(checkpoint: Path, num_params: int) -> int:
 
 
 EXPORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+RUN_CONFIG = "run_config.json"  # the run's config.json, kept beside an exported model
 
 
 def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=print, dtype: str = "fp32") -> Path:
@@ -70,6 +71,8 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     TextCodec.from_file(model_dir / "tokenizer.json").save(tmp)
+    if (run_dir / "config.json").is_file():  # the run's options: `evaluate` of the export then scores as the run did
+        shutil.copyfile(run_dir / "config.json", tmp / RUN_CONFIG)
     shutil.rmtree(output, ignore_errors=True)
     os.replace(tmp, output)
     log(f"wrote {output} ({dtype}; load it with PeaPOD.from_pretrained or `peapod-scale evaluate --checkpoint {output}`)")

@@ -164,7 +164,7 @@ LOCKSTEP_WORKER = textwrap.dedent("""
     from peapod_scale.model.peapod import PeaPOD
     from test_generation_memory import RecordingPeaPOD
 
-    data, model_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    data, model_dir, out, longest = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     manifest, codec = read_manifest(data), load_codec(data)
@@ -172,8 +172,9 @@ LOCKSTEP_WORKER = textwrap.dedent("""
     model = RecordingPeaPOD(loaded.config, loaded.t5)
     model.load_state_dict(loaded.state_dict())
     model.calls = []
-    per_row = bytes_per_row(model.t5.config, prompt_tokens=260, num_beams=20, answer_tokens=3, dtype_bytes=4)
-    budget = 2 * per_row if rank == 0 else None  # rank 0 fits 2 rows per call, rank 1 a whole batch
+    per_row = bytes_per_row(model.t5.config, prompt_tokens=longest + model.config.prompt_tokens, num_beams=20,
+                            answer_tokens=_max_answer_tokens(codec, manifest["counts"]["items"]) + 1, dtype_bytes=4)
+    budget = 2 * per_row if rank == 0 else None  # rank 0 fits 2 rows of the longest prompts a call, rank 1 a batch
     results = evaluate(model, codec, data, manifest, tasks=["topn"], batch_size=6, num_beams=20, rank=rank,
                        world_size=world, synced=True, memory_budget=budget)
     json.dump({"calls": model.calls, "results": results}, open(f"{out}.{rank}", "w"))
@@ -187,7 +188,7 @@ def test_ranks_with_different_budgets_make_the_same_number_of_calls_in_lock_step
     worker.write_text(LOCKSTEP_WORKER)
     out = tmp_path / "rank"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-               str(data), str(root / "model"), str(out)]
+               str(data), str(root / "model"), str(out), str(reference["generation"]["topn"]["longest_prompt_tokens"])]
     done = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]

@@ -223,6 +223,8 @@ def test_export_consolidates_the_zero2_checkpoint_to_a_model_with_the_same_metri
                              "--output", str(exported)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "GiB of RAM" in result.stdout
+    run_config = json.loads((zero2_run / "config.json").read_text())
+    assert json.loads((exported / "run_config.json").read_text()) == run_config  # evaluate reads the run's options
     out = tmp_path / "metrics.json"
     result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--checkpoint", str(exported),
                              "--data", str(dataset), "--num-beams", "4", "--limit", "12", "--output", str(out)],
