@@ -60,6 +60,7 @@ PUBLISHED = [  # (method, protocol, task, {metric: value}); sequential on P5 Bea
 
 def _sh(cmd: list[str], log: Path, env: dict | None = None) -> float:
     start = time.time()
+    log.parent.mkdir(parents=True, exist_ok=True)  # --work may not exist yet
     with open(log, "w") as out:
         code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if code != 0:
