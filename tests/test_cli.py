@@ -65,3 +65,12 @@ def test_an_unknown_arch_is_refused_by_the_option_parser_and_help_lists_every_pr
     for name in PRESETS:
         assert name in help_text
         preset_config(name)  # every listed preset builds
+
+
+def test_constrained_decoding_is_on_by_default_and_can_be_turned_off():
+    from peapod_scale.config import parse_train_config
+
+    base = ["--data", "d", "--output", "o"]
+    assert parse_train_config(base).constrained_decoding is True
+    assert parse_train_config(base + ["--no-constrained-decoding"]).constrained_decoding is False
+    assert parse_train_config(base + ["--overwrite"]).overwrite is True  # an off-by-default flag stays a plain switch

@@ -16,17 +16,16 @@ from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.initialization import no_init_weights
 
-from .dimensions import DIMENSIONS as _DIMENSIONS
-from .dimensions import PRESETS
+from .dimensions import DIMENSIONS, PRESETS
 from .zero import initialize_weights
 
 RELEASED_VOCAB_SIZE = 32128
 
 
 def preset_config(name: str, vocab_size: int = RELEASED_VOCAB_SIZE, dropout_rate: float = 0.1) -> T5Config:
-    if name not in _DIMENSIONS:
+    if name not in DIMENSIONS:
         raise ValueError(f"unknown --arch {name!r}; choose one of: {', '.join(PRESETS)}")
-    d_model, d_ff, d_kv, heads, layers, ffn, tied = _DIMENSIONS[name]
+    d_model, d_ff, d_kv, heads, layers, ffn, tied = DIMENSIONS[name]
     return T5Config(
         vocab_size=vocab_size,
         d_model=d_model,
