@@ -3,11 +3,13 @@
     python benchmarks/bench_quality.py --steps 200 --limit 300                    # smoke: minutes
     python benchmarks/bench_quality.py                                            # full budget (see below)
     python benchmarks/bench_quality.py --dataset ml-100k --item-index random --user-prompt pool
-    python benchmarks/bench_quality.py --report RUN_ID                            # reprint a run's table and plot
+    python benchmarks/bench_quality.py --dataset all-beauty                       # + explanation (BLEU / ROUGE)
+    python benchmarks/bench_quality.py --report RUN_ID [RUN_ID ...]               # reprint (and merge) runs' tables
 
 ``--dataset beauty`` (default) prepares the P5 "Amazon Beauty" split at ../shared/data/p5/beauty
 (``--input``) once per ``--item-index`` into ``--work`` (outside the repository); ``ml-100k`` prepares
-MovieLens-100K. For every item index and every ``--user-prompt`` (pool = PeaPOD, neighbors = PeaPOD v2,
+MovieLens-100K; ``all-beauty`` the Amazon All_Beauty_5 reviews (../shared/data/reviews), whose review texts
+add the explanation task (trained beside the other two, scored with BLEU-1/4 and both ROUGEs). For every item index and every ``--user-prompt`` (pool = PeaPOD, neighbors = PeaPOD v2,
 none = POD) it trains with ``peapod-scale train`` on ``--nproc`` ranks (ZeRO-2, the same ``--steps``,
 ``--arch`` and ``--train-args`` for all: the same budget), evaluates sequential and top-N (1 + 99
 candidates) on ``--split`` and puts beside the model the three counting baselines computed on the same
@@ -29,7 +31,9 @@ or GPU hours; ours from random init on 2 CPU cores.
 
 One JSON row per configuration goes to benchmarks/results/bench_quality.jsonl as soon as it is done
 (machine, versions, date, commit, run id, flags, wall time, metrics); the end prints a Markdown table and
-saves benchmarks/results/bench_quality_<run_id>.md and .png (metric bars per method; matplotlib).
+saves benchmarks/results/bench_quality_<run_id>.md and .png (metric bars per method; matplotlib) and the
+training curves per task of every configuration (``peapod-scale report`` on the run folders) under
+benchmarks/results/bench_quality_<run_id>_curves/.
 """
 
 from __future__ import annotations
@@ -45,10 +49,26 @@ import sys
 import time
 from pathlib import Path
 
+from peapod_scale.atomic_files import write_text_atomic
+from peapod_scale.text_metrics import ROUGE_NOTE
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
+TASKS = ("sequential", "topn", "explanation")
 METHODS = ("model", "popularity", "transitions", "next_ids")
+EXPLANATION_METRICS = ("BLEU-1", "BLEU-4", "ROUGE-1/papers", "ROUGE-2/papers", "ROUGE-L/papers",
+                       "ROUGE-1/standard", "ROUGE-2/standard", "ROUGE-L/standard")
+SHARED = REPO.parent / "shared" / "data"
+# dataset -> (prepare --source, default --input or None, more prepare flags, flags added after --train-args)
+DATASETS = {
+    "beauty": ("p5", SHARED / "p5" / "beauty", "", ""),
+    "ml-100k": ("movielens", None, "", ""),
+    # 85 items: a user's never-seen items are too few for 99 negatives, so top-N ranks 1 + 49. The reviews'
+    # text makes a third task: trained as often as top-N, scored with BLEU/ROUGE
+    "all-beauty": ("amazon-reviews", SHARED / "reviews" / "All_Beauty_5.json.gz", "--num-negatives 49",
+                   "--task-weights sequential=2,topn=1,explanation=1 --eval-tasks sequential,topn,explanation"),
+}
 PUBLISHED = [  # (method, protocol, task, {metric: value}); sequential on P5 Beauty
     ("POD (Li et al. 2023)", "P5 sequential ids (leaky)", "sequential",
      {"HR@5": .0537, "NDCG@5": .0395, "HR@10": .0688, "NDCG@10": .0443}),
@@ -71,8 +91,9 @@ def _sh(cmd: list[str], log: Path, env: dict | None = None) -> float:
 def prepare(args, item_index: str) -> Path:
     data = Path(args.work) / f"{args.dataset}-{item_index}"
     if not (data / "manifest.json").exists():
-        cmd = ["peapod-scale", "prepare", "--output", str(data), "--item-index", item_index]
-        cmd += ["--source", "p5", "--input", args.input] if args.dataset == "beauty" else ["--source", "movielens"]
+        source, _, prepare_flags, _ = DATASETS[args.dataset]
+        cmd = ["peapod-scale", "prepare", "--output", str(data), "--item-index", item_index, "--source", source]
+        cmd += (["--input", args.input] if args.input else []) + shlex.split(prepare_flags)
         _sh(cmd, Path(args.work) / f"prepare-{args.dataset}-{item_index}.log")
     return data
 
@@ -97,7 +118,7 @@ def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_
            "--arch", args.arch, "--max-steps", str(args.steps), "--user-prompt", user_prompt,
            "--eval-split", args.split, "--save-every", "1000000", "--seed", str(args.seed)]
     cmd += ["--eval-limit", str(args.limit)] if args.limit else []
-    cmd += shlex.split(args.train_args)
+    cmd += shlex.split(args.train_args) + shlex.split(DATASETS[args.dataset][3])
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     wall = _sh(cmd, out.with_suffix(".log"), env)
@@ -105,8 +126,12 @@ def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_
     heuristic = next_id_metrics(data, args.split, args.limit, args.seed)
     for task in ("sequential", "topn"):
         results[task]["next_ids"] = heuristic[task]
-    return {"item_index": item_index, "user_prompt": user_prompt, "wall_s": round(wall, 1),
-            "command": shlex.join(cmd), "metrics": {t: results[t] for t in ("sequential", "topn")},
+    from peapod_scale.data.stream import read_manifest
+
+    return {"item_index": item_index, "user_prompt": user_prompt, "wall_s": round(wall, 1), "run_dir": str(out),
+            "topn_candidates": 1 + read_manifest(data)["num_negatives"],
+            "command": shlex.join(cmd), "metrics": {t: results[t] for t in TASKS if t in results},
+            "explanation_rows": results.get("explanation_rows"),
             "invalid_answers": results.get("invalid_answers"), "constrained": results.get("constrained")}
 
 
@@ -135,16 +160,31 @@ def _commit() -> str:
 
 
 def markdown(rows: list[dict], dataset: str) -> str:
-    lines = [f"## {dataset}: ours (random init, {rows[0]['steps'] if rows else '?'} steps on CPU) and baselines",
-             "", "| item index | user prompt | task | method | " + " | ".join(METRICS) + " |",
-             "|---|---|---|---|" + "---|" * len(METRICS)]
+    users = f"the first {rows[0]['limit']} users" if rows[0].get("limit") else "all users"
+    lines = [f"## {dataset}: ours (random init, {rows[0]['steps']} steps on CPU) and baselines", "",
+             f"Split {rows[0]['split']}, {users}; top-N: {rows[0].get('topn_candidates', 100)} candidates.", "",
+             "| item index | user prompt | task | method | " + " | ".join(METRICS) + " | wall s |",
+             "|---|---|---|---|" + "---:|" * (len(METRICS) + 1)]
     for row in rows:
         for task in ("sequential", "topn"):
             for method in METHODS:
                 values = row["metrics"][task].get(method)
-                if values and (method == "model" or row["user_prompt"] == rows[0]["user_prompt"]):
+                # the baselines depend on the item index only: printed once per index
+                first_of_index = row is next(r for r in rows if r["item_index"] == row["item_index"])
+                if values and (method == "model" or first_of_index):
                     lines.append(f"| {row['item_index']} | {row['user_prompt'] if method == 'model' else '-'} | "
-                                 f"{task} | {method} | " + " | ".join(f"{values[m]:.4f}" for m in METRICS) + " |")
+                                 f"{task} | {method} | " + " | ".join(f"{values[m]:.4f}" for m in METRICS) +
+                                 f" | {row['wall_s'] if method == 'model' else ''} |")
+    explained = [row for row in rows if row["metrics"].get("explanation", {}).get("model")]
+    if explained:
+        lines += ["", f"Explanation ({explained[0].get('explanation_rows')} rows with a review text; x 100, "
+                      "whitespace tokens; " + ROUGE_NOTE + "):", "",
+                  "| item index | user prompt | " + " | ".join(EXPLANATION_METRICS) + " |",
+                  "|---|---|" + "---:|" * len(EXPLANATION_METRICS)]
+        for row in explained:
+            values = row["metrics"]["explanation"]["model"]
+            lines.append(f"| {row['item_index']} | {row['user_prompt']} | " +
+                         " | ".join(f"{values[m]:.2f}" for m in EXPLANATION_METRICS) + " |")
     if dataset == "beauty":
         lines += ["", "Published, P5 Beauty sequential (pretrained weights or GPU hours):", "",
                   "| method | protocol | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
@@ -166,8 +206,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, task in zip(axes, ("sequential", "topn")):
         labels, values = [], []
         for row in rows:
+            first_of_index = row is next(r for r in rows if r["item_index"] == row["item_index"])
             for method in METHODS:
-                if method == "model" or row["user_prompt"] == rows[0]["user_prompt"]:
+                if method == "model" or first_of_index:
                     labels.append(f"{row['item_index'][:3]}/{row['user_prompt'] if method == 'model' else method}")
                     values.append(row["metrics"][task][method]["HR@10"])
         ax.bar(range(len(values)), values)
@@ -178,18 +219,34 @@ def plot(rows: list[dict], path: Path) -> None:
     print(f"plot: {path}")
 
 
+def curves(rows: list[dict], path: Path) -> None:
+    """Training curves per task of every configuration, from the runs' TensorBoard events (`peapod-scale report`)."""
+    run_dirs = [Path(row["run_dir"]) for row in rows if row.get("run_dir") and Path(row["run_dir"]).is_dir()]
+    if not run_dirs:
+        print("the runs' folders are gone: no training curves")
+        return
+    try:
+        from peapod_scale.report import report as training_report
+        print(f"training curves: {training_report(run_dirs, path)}")
+    except ImportError as missing:
+        print(f"no training curves ({missing}; pip install matplotlib)")
+
+
 def report(rows: list[dict], run_id: str, dataset: str) -> None:
     text = markdown(rows, dataset)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"bench_quality_{run_id}.md").write_text(text)
+    write_text_atomic(RESULTS / f"bench_quality_{run_id}.md", text)
     plot(rows, RESULTS / f"bench_quality_{run_id}.png")
+    curves(rows, RESULTS / f"bench_quality_{run_id}_curves")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=["beauty", "ml-100k"], default="beauty")
-    parser.add_argument("--input", default=str(REPO.parent / "shared" / "data" / "p5" / "beauty"))
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="beauty",
+                        help="beauty: P5 Amazon Beauty; ml-100k: MovieLens-100K; all-beauty: Amazon All_Beauty_5 "
+                             "reviews, adding the explanation task (BLEU/ROUGE) (default: %(default)s)")
+    parser.add_argument("--input", help="the raw data (default: the dataset's copy under ../shared/data)")
     parser.add_argument("--work", default="/tmp/bench_quality", help="prepared data and runs (outside the repo)")
     parser.add_argument("--item-index", nargs="+", default=["random", "sequential"], choices=["random", "sequential"])
     parser.add_argument("--user-prompt", nargs="+", default=["pool", "neighbors", "none"],
@@ -203,14 +260,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-args", default="--dropout 0 --micro-batch-size 128 --lr 2e-3 --warmup-steps 70 "
                                                 "--task-weights sequential=2,topn=1",
                         help="more `peapod-scale train` flags, the same for every configuration")
-    parser.add_argument("--report", metavar="RUN_ID", help="reprint the table and plot of an earlier run")
+    parser.add_argument("--report", metavar="RUN_ID", nargs="+",
+                        help="reprint the table and plots of earlier runs (several: merged into one table, saved "
+                             "under their ids joined by '+')")
     args = parser.parse_args(argv)
     log = RESULTS / "bench_quality.jsonl"
     if args.report:
-        rows = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["run_id"] == args.report]
-        if not rows:
-            sys.exit(f"bench_quality: no rows of run {args.report} in {log}")
-        return report(rows, args.report, rows[0]["dataset"])
+        all_rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+        rows = [row for run_id in args.report for row in all_rows if row["run_id"] == run_id]
+        missing = [run_id for run_id in args.report if not any(row["run_id"] == run_id for row in rows)]
+        if missing:
+            sys.exit(f"bench_quality: error: no rows of run {', '.join(missing)} in {log}")
+        return report(rows, "+".join(args.report), rows[0]["dataset"])
+    default_input = DATASETS[args.dataset][1]
+    args.input = args.input or (str(default_input) if default_input else None)
+    if args.input and not Path(args.input).exists():
+        sys.exit(f"bench_quality: error: --input {args.input} does not exist")
     if args.dataset == "beauty" and not (Path(args.input) / "sequential_data.txt").exists():
         sys.exit(f"bench_quality: error: {args.input} has no sequential_data.txt (P5 Beauty); pass --input")
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
