@@ -21,7 +21,9 @@ other load on a shared machine hits all alike:
 Both count a window of ``--log-every`` steps the same way (examples of all ranks / its wall time, the
 trainer's ``StepMeter``); the first ``--skip-windows`` windows (start-up, first allocations) are left out and
 a run's figure is its examples over its time in the kept windows. The table gives the median over the
-repetitions, their spread (min-max), and the median of the per-repetition ratios to DDP.
+repetitions, their spread (min-max), and the median of the per-repetition ratios to DDP. Both also clock
+where a step's time goes with the trainer's ``StepMeter`` (data, forward, backward, optimizer; on CUDA one
+synchronized step a window), so a gap to DDP can be pinned on a phase.
 
 Memory (``memory_child``): the trainer's engine (``Trainer``, as ``peapod-scale train`` builds it) runs
 ``--memory-steps`` steps on 2 ranks with ``peapod_scale.memory_census.StepProbes`` taking censuses of its
@@ -64,6 +66,7 @@ LABELS = {"ddp": "PyTorch DDP", "z0": "ZeRO-0", "z1": "ZeRO-1", "z2": "ZeRO-2", 
 # per preset: micro batch, steps, log window (t5-small is ~10x slower per example on these CPUs)
 PRESET_RUNS = {"tiny": (32, 60, 10), "t5-small": (8, 24, 4)}
 GOAL_Z2_VS_DDP = 1.0
+PHASES = ("data", "forward", "backward", "optimizer")  # the trainer's StepMeter phases, seconds per step
 
 
 def label(config: str) -> str:
@@ -106,7 +109,7 @@ def ddp_child(argv: list[str]) -> None:
     from peapod_scale.data.tasks import parse_task_weights
     from peapod_scale.data.tokenizer import load_codec
     from peapod_scale.model.build import build_model, optimizer_groups
-    from peapod_scale.throughput import device_peak_flops, flop_counter
+    from peapod_scale.throughput import StepMeter, device_peak_flops, flop_counter
     from peapod_scale.trainer import warmup_cosine
 
     own, train_args = _split_child_args(argv)
@@ -150,6 +153,7 @@ def ddp_child(argv: list[str]) -> None:
 
     windows, losses = [], []
     samples = flops = 0.0
+    meter = StepMeter()  # the trainer's phase clock (on CUDA: one synchronized step a window), times only
     started = time.perf_counter()
     batches = iter(stream)
     ddp.train()
@@ -159,9 +163,12 @@ def ddp_child(argv: list[str]) -> None:
         flops += flops_of(batch["input_ids"].shape[0], batch["input_ids"].shape[1] + prompt_tokens,
                           batch["labels"].shape[1])
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        meter.phase("data")
         with autocast:
             loss = ddp(**batch).loss
+        meter.phase("forward")
         (scaler.scale(loss) if scaler else loss).backward()
+        meter.phase("backward")
         if scaler:
             scaler.unscale_(optimizer)
         if clip > 0:
@@ -173,18 +180,22 @@ def ddp_child(argv: list[str]) -> None:
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        meter.phase("optimizer")
+        meter.end_step()
         losses.append(loss.detach())  # on the device until the log step
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             totals = torch.tensor([samples, flops, float(torch.stack(losses).sum()), len(losses)], dtype=torch.float64)
             dist.all_reduce(totals)
             elapsed = time.perf_counter() - started
             window = {"step": step, "samples": totals[0].item(), "seconds": elapsed,
-                      "loss": totals[2].item() / totals[3].item()}
+                      "loss": totals[2].item() / totals[3].item(),
+                      "phases": {name: meter.seconds[name] / max(meter.timed_steps, 1) for name in meter.PHASES}}
             if peak_flops:
                 window["mfu"] = totals[1].item() / info.world_size / elapsed / peak_flops
             windows.append(window)
             samples = flops = 0.0
             losses = []
+            meter.reset()
             started = time.perf_counter()
     batches.close()
     if info.rank == 0:
@@ -337,6 +348,10 @@ class Bench:
         else:
             row |= {"windows": windows, "samples_per_s": sum(w["samples"] for w in kept) / sum(w["seconds"] for w in kept),
                     "kept_windows": len(kept)}
+            timed = [w["phases"] for w in kept if w.get("phases")]
+            if timed:  # where a step's time goes: the median window's ms per phase
+                row["phase_ms"] = {name: 1000 * statistics.median(t[name] for t in timed)
+                                   for name in PHASES if all(name in t for t in timed)}
             mfu = [w["mfu"] for w in kept if "mfu" in w]
             if mfu:
                 row["mfu"] = statistics.median(mfu)
@@ -366,13 +381,18 @@ def tensorboard_windows(run_dir: Path) -> list[dict]:
     events.Reload()
     rates = {e.step: e.value for e in events.Scalars("throughput/samples_per_s")}
     step_s = {e.step: e.value for e in events.Scalars("time/step_s")}
-    mfu = {e.step: e.value for e in events.Scalars("perf/mfu")} if "perf/mfu" in events.Tags()["scalars"] else {}
+    tags = events.Tags()["scalars"]
+    mfu = {e.step: e.value for e in events.Scalars("perf/mfu")} if "perf/mfu" in tags else {}
+    phases = {name: {e.step: e.value for e in events.Scalars(f"time/{name}_s")}
+              for name in PHASES if f"time/{name}_s" in tags}
     windows, previous = [], 0
     for step in sorted(rates):
         seconds = step_s[step] * (step - previous)
         window = {"step": step, "samples": rates[step] * seconds, "seconds": seconds}
         if step in mfu:
             window["mfu"] = mfu[step]
+        if phases:
+            window["phases"] = {name: by_step[step] for name, by_step in phases.items() if step in by_step}
         windows.append(window)
         previous = step
     return windows
@@ -406,9 +426,10 @@ def throughput_table(rows: list[dict]) -> list[str]:
     for arch in dict.fromkeys(r["arch"] for r in rows):
         lines += [f"\n**{arch}**, {next(r['precision'] for r in rows if r['arch'] == arch)}, samples/s of all ranks "
                   f"(median over repetitions, min-max), ratio = median of the per-repetition ratios to DDP at the "
-                  f"same number of ranks",
-                  "", "| config | ranks | samples/s | spread | vs DDP | reps | scaling 1 -> 2 ranks |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  f"same number of ranks; ms a step per phase (data / forward / backward / optimizer, the trainer's StepMeter: median "
+                  "window, median repetition)",
+                  "", "| config | ranks | samples/s | spread | vs DDP | reps | scaling 1 -> 2 ranks | ms: data / fwd / bwd / opt |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         mine = [r for r in rows if r["arch"] == arch]
         for ranks in sorted({r["ranks"] for r in mine}, reverse=True):
             for config in _in_order(r["config"] for r in mine):
@@ -430,8 +451,17 @@ def throughput_table(rows: list[dict]) -> list[str]:
                 mfu = [r["mfu"] for r in runs if "mfu" in r]
                 lines.append(f"| {label(config)} | {ranks} | {statistics.median(rates):,.1f} | {_spread(rates)} | "
                              f"{statistics.median(ratios):.2f}x | {len(runs)}{' (+%d failed)' % len(failed) if failed else ''} | "
-                             f"{scaling}{f' MFU {100 * statistics.median(mfu):.1f}%' if mfu else ''} |")
+                             f"{scaling}{f' MFU {100 * statistics.median(mfu):.1f}%' if mfu else ''} | "
+                             f"{_phases(runs)} |")
     return lines
+
+
+def _phases(runs: list[dict]) -> str:
+    timed = [r["phase_ms"] for r in runs if r.get("phase_ms")]
+    if not timed:
+        return ""
+    return " / ".join(f"{statistics.median(t[name] for t in timed if name in t):.0f}" for name in PHASES
+                      if any(name in t for t in timed))
 
 
 def memory_table(rows: list[dict]) -> list[str]:
