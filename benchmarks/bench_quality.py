@@ -16,12 +16,14 @@ candidates) on ``--split`` and puts beside the model the three counting baseline
 rows from the training part only: popularity, item-to-item transitions and "last id + k"
 (``baselines.NextIds``, which measures the numbering leak of ``--item-index sequential``).
 
-Full budget: ``--steps 1400`` of the tiny preset with the demo's flags (``--train-args``: batch 128 per
+Full budget (the defaults): ``--steps 1400`` of the tiny preset with the demo's flags (``--train-args``: batch 128 per
 rank on 2 ranks, lr 2e-3, two sequential steps per top-N step; the best of the ML-100K valid-split
 ablations, benchmarks/results/bench_quality_ml100k_valid_ablations.md), constrained decoding (the
 trainer's default). On ML-100K that is ~5 min of training on this 2-core machine (0.21 s a step).
-NOT YET MEASURED on Beauty: its 12k-item vocabulary makes a step dearer, and evaluating all 22,363 users
-with 20 beams adds more; time ``--steps 200 --limit 300`` first and size from it (30 min per configuration).
+On Beauty a step costs ~0.45 s (a 12k-item vocabulary), and evaluating all 22,363 users with 20 beams
+would take ~40 min, so a configuration within 30 minutes on this 2-core machine is ``--steps 2000 --limit
+3000`` (the defaults for beauty: the first 3,000 test users, the baselines scored on the same rows): 22-23 min
+each, measured.
 
 Each training gets a free rendezvous port (``--master_port``): on a machine shared with other DeepSpeed
 jobs the default 29500 may be taken, and the ranks then wait at start-up without a word.
@@ -60,14 +62,19 @@ METHODS = ("model", "popularity", "transitions", "next_ids")
 EXPLANATION_METRICS = ("BLEU-1", "BLEU-4", "ROUGE-1/papers", "ROUGE-2/papers", "ROUGE-L/papers",
                        "ROUGE-1/standard", "ROUGE-2/standard", "ROUGE-L/standard")
 SHARED = REPO.parent / "shared" / "data"
-# dataset -> (prepare --source, default --input or None, more prepare flags, flags added after --train-args)
+# dataset -> prepare --source, default --input (None: the source's own), more prepare flags, flags added after
+# --train-args, and the default --steps and --limit: a configuration within 30 minutes on 2 CPU cores
 DATASETS = {
-    "beauty": ("p5", SHARED / "p5" / "beauty", "", ""),
-    "ml-100k": ("movielens", None, "", ""),
+    "beauty": {"source": "p5", "input": SHARED / "p5" / "beauty", "prepare": "", "train": "",
+               "steps": 2000, "limit": 3000},
+    "ml-100k": {"source": "movielens", "input": None, "prepare": "", "train": "", "steps": 1400, "limit": None},
     # 85 items: a user's never-seen items are too few for 99 negatives, so top-N ranks 1 + 49. The reviews'
     # text makes a third task: trained as often as top-N, scored with BLEU/ROUGE
-    "all-beauty": ("amazon-reviews", SHARED / "reviews" / "All_Beauty_5.json.gz", "--num-negatives 49",
-                   "--task-weights sequential=2,topn=1,explanation=1 --eval-tasks sequential,topn,explanation"),
+    "all-beauty": {"source": "amazon-reviews", "input": SHARED / "reviews" / "All_Beauty_5.json.gz",
+                   "prepare": "--num-negatives 49",
+                   "train": "--task-weights sequential=2,topn=1,explanation=1 "
+                            "--eval-tasks sequential,topn,explanation",
+                   "steps": 1400, "limit": None},
 }
 PUBLISHED = [  # (method, protocol, task, {metric: value}); sequential on P5 Beauty
     ("POD (Li et al. 2023)", "P5 sequential ids (leaky)", "sequential",
@@ -91,9 +98,10 @@ def _sh(cmd: list[str], log: Path, env: dict | None = None) -> float:
 def prepare(args, item_index: str) -> Path:
     data = Path(args.work) / f"{args.dataset}-{item_index}"
     if not (data / "manifest.json").exists():
-        source, _, prepare_flags, _ = DATASETS[args.dataset]
-        cmd = ["peapod-scale", "prepare", "--output", str(data), "--item-index", item_index, "--source", source]
-        cmd += (["--input", args.input] if args.input else []) + shlex.split(prepare_flags)
+        dataset = DATASETS[args.dataset]
+        cmd = ["peapod-scale", "prepare", "--output", str(data), "--item-index", item_index,
+               "--source", dataset["source"]]
+        cmd += (["--input", args.input] if args.input else []) + shlex.split(dataset["prepare"])
         _sh(cmd, Path(args.work) / f"prepare-{args.dataset}-{item_index}.log")
     return data
 
@@ -118,7 +126,7 @@ def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_
            "--arch", args.arch, "--max-steps", str(args.steps), "--user-prompt", user_prompt,
            "--eval-split", args.split, "--save-every", "1000000", "--seed", str(args.seed)]
     cmd += ["--eval-limit", str(args.limit)] if args.limit else []
-    cmd += shlex.split(args.train_args) + shlex.split(DATASETS[args.dataset][3])
+    cmd += shlex.split(args.train_args) + shlex.split(DATASETS[args.dataset]["train"])
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     wall = _sh(cmd, out.with_suffix(".log"), env)
@@ -251,11 +259,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--item-index", nargs="+", default=["random", "sequential"], choices=["random", "sequential"])
     parser.add_argument("--user-prompt", nargs="+", default=["pool", "neighbors", "none"],
                         choices=["pool", "neighbors", "none"])
-    parser.add_argument("--steps", type=int, default=1400)
+    parser.add_argument("--steps", type=int, help="training steps (default: beauty 2000, otherwise 1400)")
     parser.add_argument("--arch", default="tiny")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--split", choices=["valid", "test"], default="test")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N users only")
+    parser.add_argument("--limit", type=int, help="evaluate the first N users only, 0 for all (default: beauty 3000, "
+                                                  "otherwise all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--train-args", default="--dropout 0 --micro-batch-size 128 --lr 2e-3 --warmup-steps 70 "
                                                 "--task-weights sequential=2,topn=1",
@@ -272,8 +281,10 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             sys.exit(f"bench_quality: error: no rows of run {', '.join(missing)} in {log}")
         return report(rows, "+".join(args.report), rows[0]["dataset"])
-    default_input = DATASETS[args.dataset][1]
-    args.input = args.input or (str(default_input) if default_input else None)
+    dataset = DATASETS[args.dataset]
+    args.input = args.input or (str(dataset["input"]) if dataset["input"] else None)
+    args.steps = args.steps or dataset["steps"]
+    args.limit = dataset["limit"] if args.limit is None else (args.limit or None)  # --limit 0: every user
     if args.input and not Path(args.input).exists():
         sys.exit(f"bench_quality: error: --input {args.input} does not exist")
     if args.dataset == "beauty" and not (Path(args.input) / "sequential_data.txt").exists():
