@@ -596,8 +596,9 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS, help="throughput configs")
     parser.add_argument("--extra-config", action="append", default=[], metavar="NAME=JSON",
                         help="also time this DeepSpeed config under NAME (after the shipped ones), e.g. a tuned z2")
-    parser.add_argument("--scaling", nargs="*", default=["ddp", "z2"], choices=CONFIGS,
-                        help="configs also run on 1 rank for the 1 -> 2 rank scaling (default: %(default)s)")
+    parser.add_argument("--scaling", nargs="*", default=["ddp", "z2"], metavar="CONFIG",
+                        help="configs (shipped or --extra-config names) also run on 1 rank for the 1 -> 2 rank "
+                             "scaling (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of the interleaved configs (default: 3)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
                         help="throughput precision (default: fp32, the CPU default; auto on a GPU)")
@@ -614,6 +615,10 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true", help="print only: no rows, table or plot files")
     parser.add_argument("--report", metavar="RUN_ID", help="reprint an earlier run's tables (and plot) from the rows")
     args = parser.parse_args()
+    extra_names = [item.split("=", 1)[0] for item in args.extra_config]
+    unknown = [c for c in args.scaling if c not in CONFIGS + extra_names]
+    if unknown:
+        parser.error(f"--scaling {' '.join(unknown)}: not a config (choose from {', '.join(CONFIGS + extra_names)})")
 
     if args.report:
         rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
