@@ -75,8 +75,10 @@ def test_split_contents_are_hand_checked(tmp_path, fmt):
     assert pq.read_table(out / "users.parquet").to_pydict() == {"user": [1, 2, 3], "original": ["10", "30", "40"]}
     assert pq.read_table(out / "items.parquet").to_pydict() == {"item": list(range(1, 11)), "original": ITEM_ORIGINALS}
     assert read_split(out, manifest, "sequences") == [{"user": u, "items": s} for u, s in SEQUENCES.items()]
-    # train: t = items[:-2], rows for positions i >= 1, history = at most 2 items before t[i]
-    assert read_split(out, manifest, "train") == [
+    # train: t = items[:-2], rows for positions i >= 1, history = at most 2 items before t[i]; written in a
+    # shuffled order (test_train_rows_are_written_in_a_seeded_random_order), so compared as a set here
+    in_order = lambda rows: sorted(rows, key=lambda r: (r["user"], r["history"], r["target"]))  # noqa: E731
+    assert in_order(read_split(out, manifest, "train")) == [
         {"user": 1, "history": [1], "target": 2},
         {"user": 1, "history": [1, 2], "target": 3},
         {"user": 2, "history": [4], "target": 6},
@@ -131,6 +133,24 @@ def test_negatives_never_seen_seeded_per_user_and_independent_of_sharding(tmp_pa
     assert len(sharded["splits"]["valid"]["files"]) > 1
     assert read_split(tmp_path / "b", sharded, "valid") == valid
     assert read_split(tmp_path / "c", other, "valid") != valid
+
+
+def test_train_rows_are_written_in_a_seeded_random_order(tmp_path):
+    """Not user after user: the stream shuffles only within ~65k-row windows, so a user-ordered train split
+    would train on one block of users at a time. The order is a function of --seed, whatever the sharding."""
+    path = write_movielens(tmp_path, "u.data", random_ratings(users=80, items=60, seed=4))
+    base = prepare_dataset("movielens", str(path), str(tmp_path / "a"), seed=7, num_negatives=5)
+    sharded = prepare_dataset("movielens", str(path), str(tmp_path / "b"), seed=7, num_negatives=5, rows_per_shard=9)
+    other = prepare_dataset("movielens", str(path), str(tmp_path / "c"), seed=8, num_negatives=5)
+    train = read_split(tmp_path / "a", base, "train")
+    users = [r["user"] for r in train]
+    assert len(train) > 200 and len(sharded["splits"]["train"]["files"]) > 1
+    same_user_next = sum(a == b for a, b in zip(users, users[1:])) / (len(users) - 1)
+    assert same_user_next < 0.1  # user-ordered rows: ~0.8 here; shuffled: about 1 / 80
+    # no drift of users along the order (user-ordered rows: correlation ~1)
+    assert abs(np.corrcoef(np.arange(len(users)), users)[0, 1]) < 0.3
+    assert read_split(tmp_path / "b", sharded, "train") == train
+    assert read_split(tmp_path / "c", other, "train") != train
 
 
 def test_same_input_and_options_give_byte_identical_shards(tmp_path):
