@@ -246,7 +246,7 @@ def plot(rows: list[dict], path: Path) -> None:
             first_of_index = row is next(r for r in rows if r["item_index"] == row["item_index"])
             for method in METHODS:
                 if method == "model" or first_of_index:
-                    labels.append(f"{row['item_index'][:3]}/{row['user_prompt'] if method == 'model' else method}")
+                    labels.append(f"{row['item_index']}/{row['user_prompt'] if method == 'model' else method}")
                     values.append(row["metrics"][task][method]["HR@10"])
         ax.bar(range(len(values)), values)
         ax.set_xticks(range(len(values)), labels, rotation=60, ha="right", fontsize=8)

@@ -57,8 +57,8 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-ROWS = RESULTS / "bench_train.jsonl"
+RESULTS = REPO / "benchmarks" / "results"  # default --results
+ROWS_FILE = "bench_train.jsonl"
 CONFIGS = ["ddp", "z0", "z1", "z2", "z3", "z3_offload"]
 MEMORY_CONFIGS = ["z0", "z1", "z2", "z3", "z3_offload"]
 LABELS = {"ddp": "PyTorch DDP", "z0": "ZeRO-0", "z1": "ZeRO-1", "z2": "ZeRO-2", "z3": "ZeRO-3",
@@ -254,7 +254,7 @@ def commit_of(ref: str) -> str:
     if ref == "worktree" and subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "peapod_scale",
                                              "kernels", "ds_configs"], capture_output=True, text=True).stdout.strip():
         text += " + uncommitted edits"
-    return text
+    return text or os.environ.get("PEAPOD_COMMIT", "unknown")  # a copy without .git (the GPU check's)
 
 
 def versions() -> dict:
@@ -297,8 +297,8 @@ class Bench:
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.rows.append(row)
         if not self.args.no_save:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            with open(ROWS, "a", encoding="utf-8") as handle:
+            self.args.results.mkdir(parents=True, exist_ok=True)
+            with open(self.args.results / ROWS_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
         return row
 
@@ -570,7 +570,7 @@ def plot(rows: list[dict], path: Path) -> str:
     return f"plot: {path}"
 
 
-def report(rows: list[dict], save: bool) -> None:
+def report(rows: list[dict], save: bool, results: Path = RESULTS) -> None:
     run_id = rows[0]["run_id"]
     head = rows[0]
     lines = [f"# bench_train run {run_id}", "",
@@ -581,8 +581,8 @@ def report(rows: list[dict], save: bool) -> None:
     text = "\n".join(lines)
     print(text)
     if save:
-        (RESULTS / f"bench_train_{run_id}.md").write_text(text + "\n")
-        print(plot(rows, RESULTS / f"bench_train_{run_id}.png"))
+        (results / f"bench_train_{run_id}.md").write_text(text + "\n")
+        print(plot(rows, results / f"bench_train_{run_id}.png"))
 
 
 def main() -> None:
@@ -594,6 +594,9 @@ def main() -> None:
     parser.add_argument("--arch", nargs="+", default=["tiny", "t5-small"], help="presets (default: %(default)s)")
     parser.add_argument("--parts", nargs="+", default=["throughput", "memory"], choices=["throughput", "memory"])
     parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS, help="throughput configs")
+    parser.add_argument("--ranks", type=int, default=2,
+                        help="ranks of the --configs runs (default: %(default)s; 1 on a one-GPU machine, with an "
+                             "empty --scaling)")
     parser.add_argument("--extra-config", action="append", default=[], metavar="NAME=JSON",
                         help="also time this DeepSpeed config under NAME (after the shipped ones), e.g. a tuned z2")
     parser.add_argument("--scaling", nargs="*", default=["ddp", "z2"], metavar="CONFIG",
@@ -612,6 +615,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--gpu", action="store_true", help="let the runs use CUDA (default: DS_ACCELERATOR=cpu)")
     parser.add_argument("--code", default="HEAD", help="git ref measured (exported), or 'worktree' (default: HEAD)")
+    parser.add_argument("--results", default=str(RESULTS),
+                        help="folder for the JSON rows, tables and plot (default: benchmarks/results)")
     parser.add_argument("--no-save", action="store_true", help="print only: no rows, table or plot files")
     parser.add_argument("--report", metavar="RUN_ID", help="reprint an earlier run's tables (and plot) from the rows")
     args = parser.parse_args()
@@ -620,12 +625,14 @@ def main() -> None:
     if unknown:
         parser.error(f"--scaling {' '.join(unknown)}: not a config (choose from {', '.join(CONFIGS + extra_names)})")
 
+    args.results = Path(args.results)
     if args.report:
-        rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
+        path = args.results / ROWS_FILE
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
         rows = [r for r in rows if r.get("run_id") == args.report]
         if not rows:
-            raise SystemExit(f"no rows of run {args.report} in {ROWS}")
-        report(rows, save=not args.no_save)
+            raise SystemExit(f"no rows of run {args.report} in {path}")
+        report(rows, save=not args.no_save, results=args.results)
         return
     if not args.data or not (Path(args.data) / "manifest.json").is_file():
         raise SystemExit(f"--data {args.data}: not a dataset folder (run `peapod-scale prepare` first)")
@@ -636,7 +643,7 @@ def main() -> None:
     try:
         for arch in args.arch:
             if "throughput" in args.parts:
-                plan = [(c, 2) for c in args.configs] + [(name, 2) for name in bench.extra] + \
+                plan = [(c, args.ranks) for c in args.configs] + [(name, args.ranks) for name in bench.extra] + \
                     [(c, 1) for c in args.scaling]
                 for repeat in range(args.repeats):
                     for config, ranks in plan:
@@ -658,7 +665,7 @@ def main() -> None:
                                   f"estimate {row['estimate']['estimate'] / 2**20:8.1f} MiB", flush=True)
     finally:
         shutil.rmtree(bench.scratch, ignore_errors=True)
-    report(bench.rows, save=not args.no_save)
+    report(bench.rows, save=not args.no_save, results=args.results)
 
 
 if __name__ == "__main__":

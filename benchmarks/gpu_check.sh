@@ -21,6 +21,9 @@
 #   export           `export` of the ZeRO-3 run, then a check that every exported tensor is fp32
 #   recommend        `recommend` from the exported folder
 #   bench_training   the compose benchmark at PeaPOD's training shapes (full forward + backward)
+#   bench_train_1gpu benchmarks/bench_train.py on the one GPU: a plain PyTorch loop against the trainer at
+#                    ZeRO-2 (t5-small, bf16), samples/s and where a step's time goes (issue 14's per-step
+#                    engine overhead; the 2-rank comparison needs a second GPU)
 # then summary.json: device, each step's exit status and time, the t5-base MFU and step time, and the
 # compose op's share of a t5-base step at the same batch and width.
 #
@@ -144,6 +147,9 @@ step recommend 60 "$py" -m peapod_scale.cli recommend --model "$work/export_z3" 
   --user synthetic_user_0 -k 10
 step bench_training 200 "$py" benchmarks/bench_prompt_compose.py --shapes training --mode full --rep-ms 50 \
   --results "$out"
+step bench_train_1gpu 150 "$py" benchmarks/bench_train.py --data "$work/data" --arch "$small_arch" --parts throughput \
+  --configs ddp z2 --ranks 1 --scaling --gpu --precision bf16 --repeats 1 --micro-batch "$micro_batch" \
+  --steps 40 --log-every 10 --code worktree --results "$out"
 
 "$py" - "$out" "$work" "$device" "$PEAPOD_COMMIT" <<'EOF' | tee "$out/summary.txt"
 import json, sys
