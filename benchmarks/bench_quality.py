@@ -22,8 +22,8 @@ ablations, benchmarks/results/bench_quality_ml100k_valid_ablations.md), constrai
 trainer's default). On ML-100K that is ~5 min of training on this 2-core machine (0.21 s a step).
 On Beauty a step costs ~0.45 s (a 12k-item vocabulary), and evaluating all 22,363 users with 20 beams
 would take ~40 min, so a configuration within 30 minutes on this 2-core machine is ``--steps 2000 --limit
-3000`` (the defaults for beauty: the first 3,000 test users, the baselines scored on the same rows): 22-23 min
-each, measured.
+3000`` (the defaults for beauty: 3,000 test users spread over the split, the baselines scored on the same rows):
+21-23 min each, measured.
 
 Each training gets a free rendezvous port (``--master_port``): on a machine shared with other DeepSpeed
 jobs the default 29500 may be taken, and the ranks then wait at start-up without a word.
@@ -111,10 +111,10 @@ def next_id_metrics(data: Path, split: str, limit: int | None, seed: int) -> dic
     from peapod_scale import metrics
     from peapod_scale.baselines import NextIds
     from peapod_scale.data.stream import read_manifest, read_rows
-    from peapod_scale.evaluation import baseline_ranks
+    from peapod_scale.evaluation import baseline_ranks, spread_rows
 
     manifest = read_manifest(data)
-    rows = read_rows(data, manifest, split)[:limit]
+    rows = spread_rows(read_rows(data, manifest, split), limit)
     heuristic = NextIds(manifest["counts"]["items"])
     return {task: metrics.summarize(baseline_ranks(heuristic, rows, task, seed)) for task in ("sequential", "topn")}
 
@@ -122,10 +122,10 @@ def next_id_metrics(data: Path, split: str, limit: int | None, seed: int) -> dic
 def all_user_baselines(data: Path, split: str, seed: int) -> dict:
     """The counting baselines on every user of the split: what a ``--limit`` subset's figures are a sample of.
 
-    ``--limit`` takes the first N users in the split's order, which need not be typical: on P5 Beauty the first
-    3,000 score half the transition HR@10 of all 22,363 (.0320 against .0660), and with P5's own item ids,
-    numbered by first appearance over the users in order, "last id + 1" scores .1197 on them against .0308 on
-    all. So the table shows the full split's baselines too.
+    ``--limit`` users are spread evenly over the split (``evaluation.spread_rows``); runs before that took the
+    first N in the split's order, which are not typical: on P5 Beauty the first 3,000 score half the transition
+    HR@10 of all 22,363 (.0320 against .0660), and with P5's own item ids, numbered by first appearance over the
+    users in order, "last id + 1" scores .1197 on them against .0308 on all.
     """
     from peapod_scale import metrics
     from peapod_scale.baselines import NextIds, Popularity, Transitions
@@ -191,7 +191,8 @@ def _commit() -> str:
 
 
 def markdown(rows: list[dict], dataset: str) -> str:
-    users = f"the first {rows[0]['limit']} users" if rows[0].get("limit") else "all users"
+    users = (f"{rows[0]['limit']} users " + ("spread over the split" if rows[0].get("limit_rows") == "spread" else
+                                            "(the first in the split's order)")) if rows[0].get("limit") else "all users"
     lines = [f"## {dataset}: ours (random init, {rows[0]['steps']} steps on CPU) and baselines", "",
              f"Split {rows[0]['split']}, {users}; top-N: {rows[0].get('topn_candidates', 100)} candidates.", "",
              "| item index | user prompt | task | method | " + " | ".join(METRICS) + " | wall s |",
@@ -298,8 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", default="tiny")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--split", choices=["valid", "test"], default="test")
-    parser.add_argument("--limit", type=int, help="evaluate the first N users only, 0 for all (default: beauty 3000, "
-                                                  "otherwise all)")
+    parser.add_argument("--limit", type=int, help="evaluate N users spread evenly over the split, 0 for all "
+                                                  "(default: beauty 3000, otherwise all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--train-args", default="--dropout 0 --micro-batch-size 128 --lr 2e-3 --warmup-steps 70 "
                                                 "--task-weights sequential=2,topn=1",
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"bench_quality: error: {args.input} has no sequential_data.txt (P5 Beauty); pass --input")
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     common = {"run_id": run_id, "dataset": args.dataset, "steps": args.steps, "arch": args.arch,
-              "split": args.split, "limit": args.limit, "train_args": args.train_args,
+              "split": args.split, "limit": args.limit, "limit_rows": "spread", "train_args": args.train_args,
               "machine": {"host": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg()[0]},
               "versions": _versions(), "commit": _commit(), "python": platform.python_version()}
     rows = []

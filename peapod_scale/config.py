@@ -76,14 +76,14 @@ class TrainConfig:
                                               "topn, explanation: BLEU/ROUGE on rows with a review text)")
     eval_batch_size: int = _opt(32, "users per generation batch")
     num_beams: int = _opt(20, "beams in evaluation beam search (10 returned)")
-    eval_limit: Optional[int] = _opt(None, "evaluate only the first N users (quick checks)")
+    eval_limit: Optional[int] = _opt(None, "evaluate only N users, spread evenly over the split (quick checks)")
     constrained_decoding: bool = _opt(True, "beam search may only spell valid items (all items for sequential, "
                                             "the row's candidates for top-N): a prefix trie over their token ids; "
                                             "--no-constrained-decoding lets beams spell anything (each invalid "
                                             "answer is then a miss at its rank)")
     eval_every: int = _opt(0, "validate every K optimizer steps on the valid split and keep the best checkpoint "
                               "(0: no validation during training)")
-    val_limit: Optional[int] = _opt(None, "validate on the first N users only (speed)")
+    val_limit: Optional[int] = _opt(None, "validate on N users spread evenly over the split (speed)")
     best_metric: str = _opt("sequential/NDCG@10", "TASK/METRIC that picks the best checkpoint (higher is better)")
     patience: int = _opt(0, "stop after this many validations without improvement (0: never stop early)")
     activation_checkpointing: bool = _opt(False, "recompute T5 block activations in the backward pass "

@@ -175,6 +175,19 @@ def model_explanations(generation: _Generation, rows: Sequence[dict], *, batch_s
     return out
 
 
+def spread_rows(rows: Sequence[dict], limit: int | None) -> list[dict]:
+    """``limit`` rows spread evenly over ``rows`` (all of them when ``limit`` is None or not fewer).
+
+    A split is in user order and its first users need not be typical: on P5 Beauty the first 3,000 of
+    22,363 test users score half the transition baseline's HR@10 of all (.0320 against .0660), and P5's
+    "last id + 1" four times as much, because its item ids are numbered by first appearance over the users
+    in order. Spread over the split, a quick evaluation estimates the whole one.
+    """
+    if limit is None or limit >= len(rows):
+        return list(rows)
+    return [rows[i * len(rows) // limit] for i in range(max(limit, 0))]
+
+
 def baseline_ranks(baseline, rows: Sequence[dict], task: str, seed: int) -> list[int | None]:
     if task == "sequential":
         return [metrics.hit_rank(baseline.recommend(r["history"], TOP_K), r["target"]) for r in rows]
@@ -207,7 +220,7 @@ def evaluate(model, codec: TextCodec, data_dir: str | Path, manifest: dict, *, s
         raise ValueError(f"cannot evaluate {sorted(unknown)}: the tasks are {', '.join(EVAL_TASKS)}")
     if collectives is None:
         collectives = HostCollectives.for_world(world_size)
-    rows = read_rows(data_dir, manifest, split)[:limit]
+    rows = spread_rows(read_rows(data_dir, manifest, split), limit)
     batcher = TaskBatcher(codec, manifest["counts"]["items"], seed=seed, topn_history=topn_history)
     was_training = model.training
     model.eval()

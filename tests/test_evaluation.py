@@ -3,6 +3,7 @@ top-N candidates the model is shown, baselines that learn from training items on
 task (BLEU/ROUGE on rows with a reference text) beside the ranking tasks."""
 
 import math
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,7 +12,7 @@ import torch
 from peapod_scale.data.prepare import prepare_dataset
 from peapod_scale.data.stream import read_manifest, read_rows, split_files
 from peapod_scale.data.tokenizer import load_codec
-from peapod_scale.evaluation import evaluate, format_table
+from peapod_scale.evaluation import evaluate, format_table, spread_rows
 from peapod_scale.model.peapod import PeaPOD, PeaPODConfig
 
 from test_data_user_similarity import synthetic_ratings, write_udata
@@ -147,6 +148,19 @@ def test_ranks_count_invalid_answers_in_place_and_duplicates_once(ranking_data):
         invalid = sum(case_of[r["user"]][invalid_at] for r in rows)
         assert results["invalid_answers"][task] == pytest.approx(invalid / (TOP * len(rows))), task
     assert sum(model.calls) == 2 * len(rows) and max(model.calls) == 5  # every row once per task, 5 per batch
+
+
+def test_a_limit_evaluates_users_spread_over_the_split_not_its_first_ones(ranking_data):
+    """Splits are in user order and the first users need not be typical (P5 Beauty: half the transition HR@10)."""
+    data, manifest, codec, rows = ranking_data
+    model = ScriptedBeams(manifest, codec, rows, lambda row, task: [row["target"]])
+    results = evaluate(model, codec, data, manifest, split="test", tasks=["sequential"], batch_size=4, num_beams=4,
+                       limit=6)
+    asked = [int(re.search(r"user_(\d+)", prompt).group(1)) for prompt in model.prompts["sequential"]]
+    assert results["users"] == 6 and len(rows) == 24
+    assert sorted(asked) == sorted(rows[i]["user"] for i in (0, 4, 8, 12, 16, 20))
+    assert spread_rows(list(range(10)), 3) == [0, 3, 6]
+    assert spread_rows(list(range(5)), None) == spread_rows(list(range(5)), 9) == list(range(5))
 
 
 def test_topn_prompt_shows_the_target_and_the_users_never_seen_negatives(ranking_data):
