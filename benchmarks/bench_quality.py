@@ -141,6 +141,37 @@ def all_user_baselines(data: Path, split: str, seed: int) -> dict:
                                           for name, method in methods.items()} for task in ("sequential", "topn")}}
 
 
+def explanation_baselines(data: Path, split: str, limit: int | None) -> dict:
+    """Texts that need no model, scored like the model's: the commonest training text, and each user's own.
+
+    On All_Beauty_5, 89 % of the test reviews repeat word for word a text the same user wrote in training (the
+    same review posted for several items), so "the user's commonest training text" is the bar to read the
+    model's BLEU / ROUGE against.
+    """
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    from peapod_scale.data.stream import read_manifest, read_rows, split_files
+    from peapod_scale.evaluation import spread_rows
+    from peapod_scale.text_metrics import explanation_metrics
+
+    manifest = read_manifest(data)
+    train = [row for path in split_files(data, manifest, "train_explanation")
+             for row in pq.read_table(path, columns=["user", "explanation"]).to_pylist()]
+    rows = [r for r in spread_rows(read_rows(data, manifest, split), limit) if r["explanation"]]
+    commonest = Counter(r["explanation"] for r in train).most_common(1)[0][0]
+    per_user: dict[int, Counter] = {}
+    for row in train:
+        per_user.setdefault(row["user"], Counter())[row["explanation"]] += 1
+    references = [r["explanation"] for r in rows]
+    users_own = [per_user[r["user"]].most_common(1)[0][0] if r["user"] in per_user else commonest for r in rows]
+    return {"commonest text": explanation_metrics(references, [commonest] * len(rows)),
+            "user's commonest text": explanation_metrics(references, users_own),
+            "repeats a training text of the user": sum(r["explanation"] in per_user.get(r["user"], {}) for r in rows)
+            / max(len(rows), 1)}
+
+
 def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_id: str) -> dict:
     out = Path(args.work) / run_id / f"{item_index}-{user_prompt}"
     cmd = ["deepspeed", "--num_gpus", str(args.nproc), "--master_port", str(_free_port()), "peapod_scale/train.py", "--data", str(data),
@@ -156,6 +187,8 @@ def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_
     heuristic = next_id_metrics(data, args.split, args.limit, args.seed)
     for task in ("sequential", "topn"):
         results[task]["next_ids"] = heuristic[task]
+    if results.get("explanation", {}).get("model"):
+        results["explanation"].update(explanation_baselines(data, args.split, args.limit))
     from peapod_scale.data.stream import read_manifest
 
     return {"item_index": item_index, "user_prompt": user_prompt, "wall_s": round(wall, 1), "run_dir": str(out),
@@ -226,9 +259,14 @@ def markdown(rows: list[dict], dataset: str) -> str:
                   "| item index | user prompt | " + " | ".join(EXPLANATION_METRICS) + " |",
                   "|---|---|" + "---:|" * len(EXPLANATION_METRICS)]
         for row in explained:
-            values = row["metrics"]["explanation"]["model"]
-            lines.append(f"| {row['item_index']} | {row['user_prompt']} | " +
-                         " | ".join(f"{values[m]:.2f}" for m in EXPLANATION_METRICS) + " |")
+            for method, values in row["metrics"]["explanation"].items():
+                if isinstance(values, dict) and (method == "model" or row is explained[0]):
+                    lines.append(f"| {row['item_index']} | {row['user_prompt'] if method == 'model' else method} | " +
+                                 " | ".join(f"{values[m]:.2f}" for m in EXPLANATION_METRICS) + " |")
+        share = explained[0]["metrics"]["explanation"].get("repeats a training text of the user")
+        if share is not None:
+            lines += ["", f"{100 * share:.1f} % of these references repeat word for word a text the same user wrote "
+                          "in training."]
     if dataset == "beauty":
         lines += ["", "Published, P5 Beauty sequential (pretrained weights or GPU hours):", "",
                   "| method | protocol | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
