@@ -51,7 +51,8 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed that orders top-N candidates (default: the run's own --seed, from its config.json, "
                              "so the numbers equal its metrics_<split>.json; 42 for a folder without one)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate N users spread evenly over the split (default: all)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="evaluate N users spread evenly over the split (default: all)")
     parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
                         help="constrained decoding: generate only valid item ids (a prefix trie over their tokens); "
                              "default: as the run evaluated (its --constrained-decoding), on for a folder without its config")
