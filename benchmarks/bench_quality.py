@@ -16,10 +16,12 @@ candidates) on ``--split`` and puts beside the model the three counting baseline
 rows from the training part only: popularity, item-to-item transitions and "last id + k"
 (``baselines.NextIds``, which measures the numbering leak of ``--item-index sequential``).
 
-Full budget (the defaults): ``--steps 1400`` of the tiny preset with the demo's flags (``--train-args``: batch 128 per
-rank on 2 ranks, lr 2e-3, two sequential steps per top-N step; the best of the ML-100K valid-split
-ablations, benchmarks/results/bench_quality_ml100k_valid_ablations.md), constrained decoding (the
-trainer's default). On ML-100K that is ~5 min of training on this 2-core machine (0.21 s a step).
+Full budget (the defaults): the tiny preset with the demo's flags (``BASE_TRAIN_ARGS``: batch 128 per rank on
+2 ranks, lr 2e-3, two sequential steps per top-N step; the best of the ML-100K valid-split ablations,
+benchmarks/results/bench_quality_ml100k_valid_ablations.md), constrained decoding (the trainer's default),
+then each dataset's own flags (``DATASETS``), then ``--train-args``. On ML-100K that is the demo itself,
+1,150 steps with 50 top-N candidates, ~5 min of training on this 2-core machine (0.27 s a step). The Beauty
+and All_Beauty_5 defaults keep the 20 top-N candidates their recorded tables were measured with.
 On Beauty a step costs ~0.45 s (a 12k-item vocabulary), and evaluating all 22,363 users with 20 beams
 would take ~40 min, so a configuration within 30 minutes on this 2-core machine is ``--steps 2000 --limit
 3000`` (the defaults for beauty: 3,000 test users spread over the split, the baselines scored on the same rows):
@@ -62,17 +64,22 @@ METHODS = ("model", "popularity", "transitions", "next_ids")
 EXPLANATION_METRICS = ("BLEU-1", "BLEU-4", "ROUGE-1/papers", "ROUGE-2/papers", "ROUGE-L/papers",
                        "ROUGE-1/standard", "ROUGE-2/standard", "ROUGE-L/standard")
 SHARED = REPO.parent / "shared" / "data"
+# the demo's flags (scripts/demo.sh), for every dataset; the dataset's "train" flags and --train-args follow them
+BASE_TRAIN_ARGS = "--dropout 0 --micro-batch-size 128 --lr 2e-3 --warmup-steps 70 --task-weights sequential=2,topn=1"
 # dataset -> prepare --source, default --input (None: the source's own), more prepare flags, flags added after
 # --train-args, and the default --steps and --limit: a configuration within 30 minutes on 2 CPU cores
 DATASETS = {
-    "beauty": {"source": "p5", "input": SHARED / "p5" / "beauty", "prepare": "", "train": "",
+    # Beauty and All_Beauty_5: the recorded tables (benchmarks/README.md) trained top-N with 20 candidates
+    "beauty": {"source": "p5", "input": SHARED / "p5" / "beauty", "prepare": "", "train": "--topn-candidates 20",
                "steps": 2000, "limit": 3000},
-    "ml-100k": {"source": "movielens", "input": None, "prepare": "", "train": "", "steps": 1400, "limit": None},
+    # the demo (scripts/demo.sh): 1,150 steps, 60 warm-up, the trainer's 50 top-N candidates
+    "ml-100k": {"source": "movielens", "input": None, "prepare": "", "train": "--warmup-steps 60", "steps": 1150,
+                "limit": None},
     # 85 items: a user's never-seen items are too few for 99 negatives, so top-N ranks 1 + 49. The reviews'
     # text makes a third task: trained as often as top-N, scored with BLEU/ROUGE
     "all-beauty": {"source": "amazon-reviews", "input": SHARED / "reviews" / "All_Beauty_5.json.gz",
                    "prepare": "--num-negatives 49",
-                   "train": "--task-weights sequential=2,topn=1,explanation=1 "
+                   "train": "--topn-candidates 20 --task-weights sequential=2,topn=1,explanation=1 "
                             "--eval-tasks sequential,topn,explanation",
                    "steps": 1400, "limit": None},
 }
@@ -172,6 +179,11 @@ def explanation_baselines(data: Path, split: str, limit: int | None) -> dict:
             / max(len(rows), 1)}
 
 
+def train_flags(args) -> str:
+    """The shared flags, then the dataset's, then the user's ``--train-args``: a later flag wins."""
+    return " ".join(f for f in (BASE_TRAIN_ARGS, DATASETS[args.dataset]["train"], args.train_args) if f)
+
+
 def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_id: str) -> dict:
     out = Path(args.work) / run_id / f"{item_index}-{user_prompt}"
     cmd = ["deepspeed", "--num_gpus", str(args.nproc), "--master_port", str(_free_port()), "peapod_scale/train.py", "--data", str(data),
@@ -179,7 +191,7 @@ def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_
            "--arch", args.arch, "--max-steps", str(args.steps), "--user-prompt", user_prompt,
            "--eval-split", args.split, "--save-every", "1000000", "--seed", str(args.seed)]
     cmd += ["--eval-limit", str(args.limit)] if args.limit else []
-    cmd += shlex.split(args.train_args) + shlex.split(DATASETS[args.dataset]["train"])
+    cmd += shlex.split(train_flags(args))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     wall = _sh(cmd, out.with_suffix(".log"), env)
@@ -333,16 +345,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--item-index", nargs="+", default=["random", "sequential"], choices=["random", "sequential"])
     parser.add_argument("--user-prompt", nargs="+", default=["pool", "neighbors", "none"],
                         choices=["pool", "neighbors", "none"])
-    parser.add_argument("--steps", type=int, help="training steps (default: beauty 2000, otherwise 1400)")
+    parser.add_argument("--steps", type=int, help="training steps (default: beauty 2000, ml-100k 1150, all-beauty 1400)")
     parser.add_argument("--arch", default="tiny")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--split", choices=["valid", "test"], default="test")
     parser.add_argument("--limit", type=int, help="evaluate N users spread evenly over the split, 0 for all "
                                                   "(default: beauty 3000, otherwise all)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--train-args", default="--dropout 0 --micro-batch-size 128 --lr 2e-3 --warmup-steps 70 "
-                                                "--task-weights sequential=2,topn=1",
-                        help="more `peapod-scale train` flags, the same for every configuration")
+    parser.add_argument("--train-args", default="",
+                        help="more `peapod-scale train` flags, the same for every configuration; they come after "
+                             f"the shared ones ({BASE_TRAIN_ARGS}) and the dataset's, so they win")
     parser.add_argument("--report", metavar="RUN_ID", nargs="+",
                         help="reprint the table and plots of earlier runs (several: merged into one table, saved "
                              "under their ids joined by '+')")
@@ -365,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"bench_quality: error: {args.input} has no sequential_data.txt (P5 Beauty); pass --input")
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     common = {"run_id": run_id, "dataset": args.dataset, "steps": args.steps, "arch": args.arch,
-              "split": args.split, "limit": args.limit, "limit_rows": "spread", "train_args": args.train_args,
+              "split": args.split, "limit": args.limit, "limit_rows": "spread", "train_args": train_flags(args),
               "machine": {"host": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg()[0]},
               "versions": _versions(), "commit": _commit(), "python": platform.python_version()}
     rows = []

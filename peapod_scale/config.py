@@ -47,7 +47,9 @@ class TrainConfig:
                              "(0: keep all; the best validated checkpoint is kept apart)")
     overwrite: bool = _opt(False, "with --resume none: delete the run folder's earlier checkpoints, TensorBoard "
                                   "events, model and metrics, and start again")
-    topn_candidates: int = _opt(20, "candidates in a top-N training prompt (1 positive + sampled negatives)")
+    topn_candidates: int = _opt(50, "candidates in a top-N training prompt (1 positive + sampled negatives; "
+                                     "evaluation shows 1 + 99): 50 learned more per CPU second than 20 or 100 "
+                                     "(benchmarks/results/bench_quality_ml100k_valid_ablations.md)")
     topn_history: int = _opt(0, "the user's most recent items shown before the candidates of a top-N prompt, in "
                                 "training and evaluation (0: the candidates only, as POD asks)")
     train: str = _opt("all", "what learns: all parameters, or prompts (frozen backbone; task prompts, whole-word "

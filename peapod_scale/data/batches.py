@@ -72,7 +72,7 @@ class TaskBatcher:
     ``cut_rows`` and a warning says how many were cut and to what length.
     """
 
-    def __init__(self, codec: TextCodec, num_items: int, topn_candidates: int = 20, seed: int = 0,
+    def __init__(self, codec: TextCodec, num_items: int, topn_candidates: int = 50, seed: int = 0,
                  max_source_length: int | None = None, topn_history: int = 0):
         if max_source_length is not None and max_source_length < 2:
             raise ValueError(f"max_source_length {max_source_length}: a prompt needs at least one token and </s>")
