@@ -20,8 +20,9 @@ Full budget (the defaults): the tiny preset with the demo's flags (``BASE_TRAIN_
 2 ranks, lr 2e-3, two sequential steps per top-N step; the best of the ML-100K valid-split ablations,
 benchmarks/results/bench_quality_ml100k_valid_ablations.md), constrained decoding (the trainer's default),
 then each dataset's own flags (``DATASETS``), then ``--train-args``. On ML-100K that is the demo itself,
-1,150 steps with 50 top-N candidates, ~5 min of training on this 2-core machine (0.27 s a step). The Beauty
-and All_Beauty_5 defaults keep the 20 top-N candidates their recorded tables were measured with.
+1,150 steps with top-N prompts of 50 candidates after the user's last item, ~5 min of training on this 2-core
+machine (0.28 s a step). The Beauty and All_Beauty_5 defaults keep the top-N prompts their recorded tables were
+measured with (20 candidates, no history).
 On Beauty a step costs ~0.45 s (a 12k-item vocabulary), and evaluating all 22,363 users with 20 beams
 would take ~40 min, so a configuration within 30 minutes on this 2-core machine is ``--steps 2000 --limit
 3000`` (the defaults for beauty: 3,000 test users spread over the split, the baselines scored on the same rows):
@@ -69,17 +70,19 @@ BASE_TRAIN_ARGS = "--dropout 0 --micro-batch-size 128 --lr 2e-3 --warmup-steps 7
 # dataset -> prepare --source, default --input (None: the source's own), more prepare flags, flags added after
 # --train-args, and the default --steps and --limit: a configuration within 30 minutes on 2 CPU cores
 DATASETS = {
-    # Beauty and All_Beauty_5: the recorded tables (benchmarks/README.md) trained top-N with 20 candidates
-    "beauty": {"source": "p5", "input": SHARED / "p5" / "beauty", "prepare": "", "train": "--topn-candidates 20",
+    # Beauty and All_Beauty_5: the recorded tables (benchmarks/README.md) trained top-N with 20 candidates and
+    # no history (the trainer's defaults before the third round of ML-100K ablations)
+    "beauty": {"source": "p5", "input": SHARED / "p5" / "beauty", "prepare": "",
+               "train": "--topn-candidates 20 --topn-history 0",
                "steps": 2000, "limit": 3000},
-    # the demo (scripts/demo.sh): 1,150 steps, 60 warm-up, the trainer's 50 top-N candidates
+    # the demo (scripts/demo.sh): 1,150 steps, 60 warm-up, the trainer's top-N prompts (50 candidates, last item)
     "ml-100k": {"source": "movielens", "input": None, "prepare": "", "train": "--warmup-steps 60", "steps": 1150,
                 "limit": None},
     # 85 items: a user's never-seen items are too few for 99 negatives, so top-N ranks 1 + 49. The reviews'
     # text makes a third task: trained as often as top-N, scored with BLEU/ROUGE
     "all-beauty": {"source": "amazon-reviews", "input": SHARED / "reviews" / "All_Beauty_5.json.gz",
                    "prepare": "--num-negatives 49",
-                   "train": "--topn-candidates 20 --task-weights sequential=2,topn=1,explanation=1 "
+                   "train": "--topn-candidates 20 --topn-history 0 --task-weights sequential=2,topn=1,explanation=1 "
                             "--eval-tasks sequential,topn,explanation",
                    "steps": 1400, "limit": None},
 }
