@@ -24,6 +24,8 @@
 #   bench_train_1gpu benchmarks/bench_train.py on the one GPU: a plain PyTorch loop against the trainer at
 #                    ZeRO-2 (t5-small, bf16), samples/s and where a step's time goes (issue 14's per-step
 #                    engine overhead; the 2-rank comparison needs a second GPU)
+#   bench_host_syncs benchmarks/bench_host_syncs.py: the training loop with the old per-step device waits
+#                    against the trainer's loop (issue 14's step-time change from removing them)
 # then summary.json: device, each step's exit status and time, the t5-base MFU and step time, and the
 # compose op's share of a t5-base step at the same batch and width.
 #
@@ -150,6 +152,8 @@ step bench_training 200 "$py" benchmarks/bench_prompt_compose.py --shapes traini
 step bench_train_1gpu 150 "$py" benchmarks/bench_train.py --data "$work/data" --arch "$small_arch" --parts throughput \
   --configs ddp z2 --ranks 1 --scaling --gpu --precision bf16 --repeats 1 --micro-batch "$micro_batch" \
   --steps 40 --log-every 10 --code worktree --results "$out"
+step bench_host_syncs 60 "$py" benchmarks/bench_host_syncs.py --data "$work/data" --arch "$small_arch" \
+  --micro-batch "$micro_batch" --results "$out"
 
 "$py" - "$out" "$work" "$device" "$PEAPOD_COMMIT" <<'EOF' | tee "$out/summary.txt"
 import json, sys
