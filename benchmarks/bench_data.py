@@ -75,7 +75,7 @@ TASKS = ("sequential", "topn")           # training's default --tasks
 COLUMNS = ["user", "history", "target"]  # what stream.batch_stream reads
 WINDOW = 65_536                          # training's default --shuffle-buffer
 SEED = 42                                # training's default --seed
-TOPN_CANDIDATES = 20                     # training's default --topn-candidates
+TOPN_CANDIDATES = 20                     # the top-N prompt its recorded runs measured (training: 50 since 9831450)
 # Examples/s per rank that training consumes when no --train-run is given: the figure of issue 3's
 # brief for the tiny preset on this shared 2-core VM (~6.6 optimizer steps/s x micro batch 32 = ~210).
 # The demo run runs/ml-100k-20261125-230043 (tiny, ZeRO-2, 2 CPU ranks) measured a median 337 per rank:

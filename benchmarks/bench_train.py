@@ -131,7 +131,8 @@ def ddp_child(argv: list[str]) -> None:
     if config["gradient_accumulation_steps"] != 1:
         raise SystemExit("ddp_child: gradient accumulation is not implemented in the baseline")
     micro = config["train_micro_batch_size_per_gpu"]
-    batcher = TaskBatcher(codec, manifest["counts"]["items"], cfg.topn_candidates, cfg.seed)
+    batcher = TaskBatcher(codec, manifest["counts"]["items"], cfg.topn_candidates, cfg.seed,
+                          topn_history=cfg.topn_history)  # the trainer's prompts: the same data cost
     stream = task_stream(cfg.data, manifest, weights, batcher, micro, info.rank, info.world_size, cfg.seed,
                          cfg.shuffle_buffer, cfg.num_workers, 1)
     model = build_model(cfg, manifest["counts"]["users"], codec.vocab_size).to(device)
