@@ -65,7 +65,8 @@ METHODS = ("model", "popularity", "transitions", "next_ids")
 EXPLANATION_METRICS = ("BLEU-1", "BLEU-4", "ROUGE-1/papers", "ROUGE-2/papers", "ROUGE-L/papers",
                        "ROUGE-1/standard", "ROUGE-2/standard", "ROUGE-L/standard")
 SHARED = REPO.parent / "shared" / "data"
-# the demo's flags (scripts/demo.sh), for every dataset; the dataset's "train" flags and --train-args follow them
+# every dataset's flags: the demo's (scripts/demo.sh) as the recorded Beauty runs had them (70 warm-up; ml-100k
+# takes the demo's 60 below); the dataset's "train" flags and --train-args follow them, a later flag wins
 BASE_TRAIN_ARGS = "--dropout 0 --micro-batch-size 128 --lr 2e-3 --warmup-steps 70 --task-weights sequential=2,topn=1"
 # dataset -> prepare --source, default --input (None: the source's own), more prepare flags, flags added after
 # --train-args, and the default --steps and --limit: a configuration within 30 minutes on 2 CPU cores
