@@ -81,7 +81,7 @@ def _mini(manifest, codec, arch="mini") -> RecordingPeaPOD:
 
 @pytest.fixture(scope="module")
 def long_prompts(tmp_path_factory):
-    """24 users, top-N prompts of 100 candidates (~240 tokens), a saved mini model."""
+    """24 users, top-N prompts of 100 candidates (~140 tokens with space-separated ids), a saved mini model."""
     root = tmp_path_factory.mktemp("memory")
     data, manifest, codec = prepare_small(root, users=24, items=300, num_negatives=99)
     model = _mini(manifest, codec)
@@ -118,11 +118,15 @@ OOM_CHILD = textwrap.dedent("""
     from peapod_scale.data.stream import read_manifest
     from peapod_scale.data.tokenizer import load_codec
     from peapod_scale.evaluation import _max_answer_tokens, evaluate
+    from peapod_scale.generation_memory import bytes_per_row
     from peapod_scale.model.peapod import PeaPOD
 
-    data, model_dir, headroom, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    data, model_dir, rows_of_headroom, longest, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     manifest, codec = read_manifest(data), load_codec(data)
     model = PeaPOD.from_pretrained(model_dir).eval()
+    per_row = bytes_per_row(model.t5.config, prompt_tokens=longest + model.config.prompt_tokens, num_beams=20,
+                            answer_tokens=_max_answer_tokens(codec, manifest["counts"]["items"]) + 1, dtype_bytes=4)
+    headroom = int(rows_of_headroom * per_row)
     evaluate(model, codec, data, manifest, tasks=["topn"], batch_size=2, num_beams=20, limit=2)  # warm up
     size = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
     resource.setrlimit(resource.RLIMIT_AS, (size + headroom, resource.RLIM_INFINITY))
@@ -140,11 +144,13 @@ def _env():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
 def test_a_real_out_of_memory_halves_the_rows_and_retries_them(long_prompts, tmp_path):
-    """The address space is capped 300 MB above what the process uses: 24 rows x 20 beams (~800 MB)
-    cannot be allocated, the CPU allocator raises, and the evaluation retries in halves."""
+    """The address space is capped 6 estimated rows above what the process uses (sized from the real longest
+    prompt, so the cap follows the prompt format): 24 rows x 20 beams cannot be allocated, the CPU allocator
+    raises, and the evaluation retries in halves."""
     root, data, manifest, codec, reference = long_prompts
     out = tmp_path / "results.json"
-    done = subprocess.run([sys.executable, "-c", OOM_CHILD, str(data), str(root / "model"), str(300 * 2**20), str(out)],
+    longest = reference["generation"]["topn"]["longest_prompt_tokens"]
+    done = subprocess.run([sys.executable, "-c", OOM_CHILD, str(data), str(root / "model"), "6", str(longest), str(out)],
                           env=_env(), cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
