@@ -93,7 +93,38 @@ def setup(local_rank_arg: int = -1) -> tuple[DistInfo, "HostCollectives"]:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=process_group_backend())
+    if not use_cuda():
+        release_cpu_allreduce_buffer(info.rank, info.world_size)
     return info, HostCollectives.for_world(info.world_size)
+
+
+SHM_FOLDER = "/dev/shm"
+
+
+def cpu_allreduce_buffer(rank: int) -> str:
+    """The path of ``rank``'s shared-memory segment that DeepSpeed's CPU backend creates for this job."""
+    env = os.environ
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
+    return os.path.join(SHM_FOLDER, name)
+
+
+def release_cpu_allreduce_buffer(rank: int, world_size: int) -> None:
+    """Unlink this rank's /dev/shm segment of DeepSpeed's CPU backend once every rank has mapped it.
+
+    When all ranks share a node (the deepspeed launcher sets LOCAL_SIZE), DeepSpeed's CPU accelerator
+    gives each rank a ~66 MB shared-memory segment for its low-latency all-reduce and never unlinks it:
+    every CPU run leaked 2 x 66 MB of RAM into /dev/shm, killed or not (313 segments, 21 GB, on the
+    machine that found it), and a relaunch on the same port (SLURM's job port) could map a dead job's
+    segment. ``init_distributed`` returns only after this rank has mapped every peer's segment; after
+    a barrier all have, so the names can go: the mappings stay valid until the processes exit, and the
+    kernel frees the memory then, even after ``kill -9``.
+    """
+    if world_size > 1:  # on every rank, segment or not: a barrier that only some ranks take would hang
+        torch.distributed.barrier()
+    try:
+        os.unlink(cpu_allreduce_buffer(rank))
+    except FileNotFoundError:
+        pass
 
 
 class HostCollectives:

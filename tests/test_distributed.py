@@ -80,3 +80,38 @@ def test_srun_without_a_launcher_gets_a_rendezvous_from_slurm_variables(monkeypa
 def test_first_host_of_a_node_list(monkeypatch, nodelist, first):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert distributed.first_host(nodelist) == first
+
+
+# Two ranks as the deepspeed launcher starts them on one CPU node (LOCAL_SIZE = world size): DeepSpeed's
+# CPU backend maps a shared-memory segment per rank. After setup, no segment of this job is left in
+# /dev/shm, and DeepSpeed's shared-memory all-reduce still works on the mappings.
+SHM_RANK = textwrap.dedent("""
+    import json, os, sys
+    import torch
+    import deepspeed.comm as ds_comm
+    from peapod_scale import distributed
+
+    info, collectives = distributed.setup()
+    collectives.barrier()
+    prefix = os.path.basename(distributed.cpu_allreduce_buffer(0))[:-1]
+    left = sorted(n for n in os.listdir(distributed.SHM_FOLDER) if n.startswith(prefix))
+    summed = torch.full((1 << 20,), float(info.rank + 1))
+    ds_comm.inference_all_reduce(summed)
+    print(json.dumps({"left": left, "sum": sorted(set(summed.tolist()))}))
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir(distributed.SHM_FOLDER), reason="POSIX shared memory in /dev/shm is Linux's")
+def test_no_shared_memory_segment_outlives_setup_on_cpu_ranks():
+    port = str(distributed._free_port())
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "LOCAL_SIZE": "2",
+           "LOCAL_WORLD_SIZE": "2", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", SHM_RANK], stdout=subprocess.PIPE, text=True,
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    for out in outs:
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["left"] == []
+        assert result["sum"] == [3.0]  # 1 + 2 through the mapped segments
+    assert not [n for n in os.listdir(distributed.SHM_FOLDER) if n.endswith(f"_{port}_0") or n.endswith(f"_{port}_1")]
