@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +94,8 @@ def setup(local_rank_arg: int = -1) -> tuple[DistInfo, "HostCollectives"]:
         torch.cuda.set_device(info.local_rank)
     import deepspeed
 
+    if not use_cuda() and info.local_rank == 0:
+        warn_on_build_lock(CPU_COMM_EXTENSION)
     deepspeed.init_distributed(dist_backend=process_group_backend())
     if not use_cuda():
         release_cpu_allreduce_buffer(info.rank, info.world_size)
@@ -99,6 +103,28 @@ def setup(local_rank_arg: int = -1) -> tuple[DistInfo, "HostCollectives"]:
 
 
 SHM_FOLDER = "/dev/shm"
+CPU_COMM_EXTENSION = "deepspeed_shm_comm"  # what DeepSpeed's CPU backend JIT-builds when its process group starts
+
+
+def warn_on_build_lock(extension: str) -> str | None:
+    """Say so when a torch extension's build lock exists: a build killed mid-way leaves it behind.
+
+    DeepSpeed JIT-builds ``extension`` through torch.utils.cpp_extension, whose lock file makes every
+    other process wait, silently and forever, until it is gone. A job preempted or killed during the
+    minute that build takes (the first run in a fresh environment) leaves the lock, and every later
+    job then hangs at start-up without a word; this line is the one the user gets to see.
+    """
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = os.path.join(_get_build_directory(extension, False), "lock")
+        age = time.time() - os.path.getmtime(lock)
+    except (ImportError, OSError):
+        return None
+    message = (f"warning: {lock} exists ({age / 60:.0f} min old): start-up waits until it is gone; if no build "
+               f"of {extension} is running (a killed one leaves it), delete it")
+    logging.getLogger(__name__).warning(message)
+    return message
 
 
 def cpu_allreduce_buffer(rank: int) -> str:

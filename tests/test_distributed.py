@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -115,3 +117,29 @@ def test_no_shared_memory_segment_outlives_setup_on_cpu_ranks():
         assert result["left"] == []
         assert result["sum"] == [3.0]  # 1 + 2 through the mapped segments
     assert not [n for n in os.listdir(distributed.SHM_FOLDER) if n.endswith(f"_{port}_0") or n.endswith(f"_{port}_1")]
+
+
+def test_a_build_lock_left_by_a_killed_build_is_reported_before_start_up_waits_on_it(tmp_path, monkeypatch):
+    """A real start-up: DeepSpeed's CPU backend JIT-loads its extension and waits on the lock torch left."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    assert distributed.warn_on_build_lock(distributed.CPU_COMM_EXTENSION) is None  # no lock: nothing said
+    lock = os.path.join(_get_build_directory(distributed.CPU_COMM_EXTENSION, False), "lock")
+    open(lock, "w").close()
+    os.utime(lock, (0, os.path.getmtime(lock) - 3600))
+    code = "from peapod_scale.log import setup_cli_logging; setup_cli_logging(); " \
+           "from peapod_scale import distributed; distributed.setup(); print('started', flush=True)"
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    watchdog = threading.Timer(180, child.kill)  # without the warning the child would wait forever
+    watchdog.start()
+    try:
+        warned = next((line for line in child.stderr if line.startswith("warning: ")), None)
+        assert warned is not None and lock in warned and "(60 min old)" in warned and "delete it" in warned
+        time.sleep(3)
+        assert child.poll() is None  # still waiting on the lock: the warning is the last thing the user sees
+    finally:
+        watchdog.cancel()
+        child.kill()
+        child.wait()
