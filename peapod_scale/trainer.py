@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import checkpointing, distributed, ds_config, preemption
+from . import checkpointing, distributed, ds_config, optim, preemption
 from .atomic_files import write_json_atomic
 from .checkpointing import Checkpointer, ResumePoint
 from .distributed import progress_interval
@@ -113,8 +113,9 @@ class Trainer:
         if cfg.activation_checkpointing:  # non-reentrant: also right when the prompt-side inputs need no grad
             model.t5.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer_steps = warmup_cosine(cfg.warmup_steps, cfg.max_steps)
+        engine_config, client_optimizer = optim.for_deepspeed(self.ds_config)  # torch AdamW, stepped in pieces on CPU
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, config=self.ds_config,
+            model=model, config=engine_config, optimizer=client_optimizer,
             model_parameters=optimizer_groups(model, ds_config.peak_lr(self.ds_config), cfg.embedding_lr_scale,
                                               backbone_is_random=cfg.model is None),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, optimizer_steps),
