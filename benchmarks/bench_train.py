@@ -1,7 +1,8 @@
 """peapod-scale against a plain PyTorch DDP loop, and the memory each ZeRO stage holds against the formulas.
 
-    python benchmarks/bench_train.py --data /tmp/bench_train/beauty                 # tiny and t5-small, both parts
+    python benchmarks/bench_train.py --data /tmp/bench_train/beauty                 # tiny and t5-small, all parts
     python benchmarks/bench_train.py --data D --arch tiny --parts throughput --repeats 5
+    python benchmarks/bench_train.py --data D --arch tiny --precision fp32 bf16     # a table per precision
     python benchmarks/bench_train.py --report RUN_ID                                # reprint a run's tables and plot
 
 ``--data``: a dataset folder written by ``peapod-scale prepare`` (e.g. ``--source p5`` of the shared Beauty
@@ -25,6 +26,17 @@ repetitions, their spread (min-max), and the median of the per-repetition ratios
 where a step's time goes with the trainer's ``StepMeter`` (data, forward, backward, optimizer; on CUDA one
 synchronized step a window), so a gap to DDP can be pinned on a phase.
 
+``--precision``: each precision is a table of its own, the runs taking turns as above. fp32 is the CPU
+default; bf16 is what the shipped configs ask for (on CPUs with AVX512-BF16 it runs at full speed): DeepSpeed
+then keeps bf16 weights and gradients, the DDP loop autocasts with fp32 weights and gradients, as PyTorch
+users usually do.
+
+Collectives (``collectives_child``): the gradient all-reduce, reduce-scatter and all-gather of the
+partitions, timed alone on ``--ranks`` ranks of the runs' backend at the model's trainable size, in fp32 and
+the runs' 16-bit type. DDP issues one all-reduce a step; DeepSpeed's ZeRO-1/2 issues an all-reduce and then an
+all-gather of the updated partitions. Their difference, next to DDP's step time, bounds the ZeRO-2 / DDP ratio
+from the collectives alone on that backend (the goal lines print it).
+
 Memory (``memory_child``): the trainer's engine (``Trainer``, as ``peapod-scale train`` builds it) runs
 ``--memory-steps`` steps on 2 ranks with ``peapod_scale.memory_census.StepProbes`` taking censuses of its
 tensors inside the step; the peak model state per rank (parameters, gradients, master weights, moments,
@@ -44,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -88,9 +101,29 @@ GOAL_ESTIMATE = 0.10
 def _split_child_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3)  # _memory
+    parser.add_argument("--dtypes", nargs="+", default=["fp32"])  # _collectives
+    parser.add_argument("--reps", type=int, default=20)  # _collectives
     own, train_args = parser.parse_known_args(argv)
     return own, [a for a in train_args if a != "--"]
+
+
+def _start_child(argv: list[str]):
+    """A torchrun child without DeepSpeed: its options, the trainer's config, this rank, its device."""
+    import torch
+    import torch.distributed as dist
+
+    from peapod_scale import distributed
+    from peapod_scale.config import parse_train_config
+
+    own, train_args = _split_child_args(argv)
+    cfg = parse_train_config(train_args)
+    info = distributed.discover(cfg.local_rank)
+    cuda = distributed.use_cuda()
+    if cuda:
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(distributed.process_group_backend())
+    return own, cfg, info, torch.device("cuda", info.local_rank) if cuda else torch.device("cpu")
 
 
 def ddp_child(argv: list[str]) -> None:
@@ -102,8 +135,8 @@ def ddp_child(argv: list[str]) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from peapod_scale import distributed, ds_config
-    from peapod_scale.config import TrainConfig, parse_train_config
+    from peapod_scale import ds_config
+    from peapod_scale.config import TrainConfig
     from peapod_scale.data.batches import TaskBatcher
     from peapod_scale.data.stream import read_manifest, task_stream
     from peapod_scale.data.tasks import parse_task_weights
@@ -112,14 +145,8 @@ def ddp_child(argv: list[str]) -> None:
     from peapod_scale.throughput import StepMeter, device_peak_flops, flop_counter
     from peapod_scale.trainer import warmup_cosine
 
-    own, train_args = _split_child_args(argv)
-    cfg = parse_train_config(train_args)
-    info = distributed.discover(cfg.local_rank)
-    cuda = distributed.use_cuda()
-    if cuda:
-        torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(distributed.process_group_backend())
-    device = torch.device("cuda", info.local_rank) if cuda else torch.device("cpu")
+    own, cfg, info, device = _start_child(argv)
+    cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
     manifest = read_manifest(cfg.data)
     default_tasks = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "tasks")
@@ -231,7 +258,65 @@ def memory_child(argv: list[str]) -> None:
     trainer.close()
 
 
-CHILDREN = {"_ddp": ddp_child, "_memory": memory_child}
+def collectives_child(argv: list[str]) -> None:
+    """The collectives a step issues, on the model's gradient size and the run's backend, timed alone.
+
+    DDP all-reduces the gradients once a step; DeepSpeed's ZeRO-1/2 all-reduces them too (with
+    ``use_multi_rank_bucket_allreduce``, its default, and on 2 ranks with the per-rank reduces as well) and then
+    all-gathers the updated partitions. What the extra all-gather costs on this backend is a floor under
+    ZeRO-2's step that no setting of the trainer removes: this child measures it.
+    """
+    import statistics as stats
+
+    import torch
+    import torch.distributed as dist
+
+    from peapod_scale.data.stream import read_manifest
+    from peapod_scale.data.tokenizer import load_codec
+    from peapod_scale.model.build import build_model
+
+    own, cfg, info, device = _start_child(argv)
+    cuda = device.type == "cuda"
+    manifest = read_manifest(cfg.data)
+    model = build_model(cfg, manifest["counts"]["users"], load_codec(cfg.data, cfg.model).vocab_size)
+    numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    del model
+    ranks = info.world_size
+    numel -= numel % ranks
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    measured = {}
+    for name in own.dtypes:
+        full = torch.randn(numel, device=device).to(dtypes[name])
+        shard = torch.empty(numel // ranks, dtype=full.dtype, device=device)
+        gathered = torch.empty_like(full)
+        ops = {"all_reduce": lambda: dist.all_reduce(full),
+               "reduce_scatter": lambda: dist.reduce_scatter_tensor(shard, full),
+               "all_gather": lambda: dist.all_gather_into_tensor(gathered, shard)}
+        measured[name] = {}
+        for op, call in ops.items():
+            times = []
+            try:
+                for rep in range(own.reps + 2):  # 2 warm-ups
+                    dist.barrier()
+                    started = time.perf_counter()
+                    call()
+                    if cuda:
+                        torch.cuda.synchronize()
+                    if rep >= 2:
+                        times.append(time.perf_counter() - started)
+            except (RuntimeError, NotImplementedError) as error:  # a backend without the op
+                measured[name][op] = {"error": str(error).splitlines()[0][:200]}
+                continue
+            slowest = torch.tensor([stats.median(times)], dtype=torch.float64, device=device)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # a collective ends when its slowest rank does
+            measured[name][op] = {"ms": 1000 * slowest.item()}
+    if info.rank == 0:
+        Path(own.out).write_text(json.dumps({"numel": numel, "backend": dist.get_backend(), "world_size": ranks,
+                                         "by_dtype": measured}))
+    dist.destroy_process_group()
+
+
+CHILDREN = {"_ddp": ddp_child, "_memory": memory_child, "_collectives": collectives_child}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,6 +363,9 @@ class Bench:
                     "PYTHONUNBUFFERED": "1"}
         if not args.gpu:
             self.env["DS_ACCELERATOR"] = "cpu"
+        from peapod_scale.host_memory import use_huge_pages
+
+        use_huge_pages(self.env)  # the trainer's ranks set it themselves: the DDP loop runs under the same
         if args.code != "worktree":
             code = export_code(args.code, self.scratch)
             self.env["PYTHONPATH"] = os.pathsep.join([str(code), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -326,10 +414,10 @@ class Bench:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                 str(Path(__file__).resolve()), child, "--out", str(out), *extra, "--", *train_args]
 
-    def throughput(self, arch: str, config: str, ranks: int, repeat: int) -> dict:
+    def throughput(self, arch: str, precision: str, config: str, ranks: int, repeat: int) -> dict:
         load = os.getloadavg()[0]
         run_dir = self.scratch / f"run-{arch}-{config}-{ranks}"
-        train_args = self.train_args(arch, self.args.precision, config) + ["--output", str(run_dir)]
+        train_args = self.train_args(arch, precision, config) + ["--output", str(run_dir)]
         started = time.perf_counter()
         if config == "ddp":
             out = self.scratch / "ddp.json"
@@ -342,7 +430,7 @@ class Bench:
             windows = tensorboard_windows(run_dir) if ok else []
         shutil.rmtree(run_dir, ignore_errors=True)
         row = {"part": "throughput", "arch": arch, "config": config, "ranks": ranks, "repeat": repeat,
-               "precision": self.args.precision, "train_args": train_args, "wall_s": time.perf_counter() - started}
+               "precision": precision, "train_args": train_args, "wall_s": time.perf_counter() - started}
         kept = windows[self.args.skip_windows:]
         if not ok or not kept:
             row["error"] = tail if not ok else f"no windows after skipping {self.args.skip_windows}"
@@ -356,6 +444,23 @@ class Bench:
             mfu = [w["mfu"] for w in kept if "mfu" in w]
             if mfu:
                 row["mfu"] = statistics.median(mfu)
+        return self.record(row, load)
+
+    def collectives(self, arch: str, precisions: list[str]) -> dict:
+        """The gradient collectives alone, at this model's size, on ``--ranks`` ranks of the runs' backend."""
+        load = os.getloadavg()[0]
+        out = self.scratch / "collectives.json"
+        out.unlink(missing_ok=True)
+        dtypes = sorted({"fp32"} | {p for p in precisions if p in ("bf16", "fp16")})  # DDP's autocast keeps fp32 grads
+        train_args = self.train_args(arch, "fp32", "ddp") + ["--output", str(self.scratch / "collectives-run")]
+        ok, tail = self._run(self._torchrun(self.args.ranks, "_collectives", out, train_args,
+                                            ["--dtypes", *dtypes, "--reps", str(self.args.collective_reps)]),
+                             "collectives")
+        row = {"part": "collectives", "arch": arch, "ranks": self.args.ranks}
+        if not ok:
+            row["error"] = tail
+        else:
+            row |= json.loads(out.read_text())
         return self.record(row, load)
 
     def memory(self, arch: str, precision: str, config: str) -> dict:
@@ -421,17 +526,31 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):,.0f}-{max(values):,.0f}" if len(values) > 1 else "-"
 
 
+def _settings(rows: list[dict]) -> list[tuple[str, str]]:
+    """The (arch, precision) pairs of a run's throughput rows, in the order measured."""
+    return list(dict.fromkeys((r["arch"], r["precision"]) for r in rows if r.get("part") == "throughput"))
+
+
+def _ddp_ratios(rows: list[dict], arch: str, precision: str, config: str, ranks: int) -> list[float]:
+    """Per repetition: a config's samples/s over DDP's in the same repetition, model, precision and ranks."""
+    def runs(name):
+        return {r["repeat"]: r["samples_per_s"] for r in rows if r.get("part") == "throughput" and r["arch"] == arch
+                and r["precision"] == precision and r["config"] == name and r["ranks"] == ranks and "samples_per_s" in r}
+    mine, base = runs(config), runs("ddp")
+    return [mine[k] / base[k] for k in mine if k in base]
+
+
 def throughput_table(rows: list[dict]) -> list[str]:
     rows = [r for r in rows if r.get("part") == "throughput"]
     lines = []
-    for arch in dict.fromkeys(r["arch"] for r in rows):
-        lines += [f"\n**{arch}**, {next(r['precision'] for r in rows if r['arch'] == arch)}, samples/s of all ranks "
+    for arch, precision in _settings(rows):
+        lines += [f"\n**{arch}**, {precision}, samples/s of all ranks "
                   f"(median over repetitions, min-max), ratio = median of the per-repetition ratios to DDP at the "
                   f"same number of ranks; ms a step per phase (data / forward / backward / optimizer, the trainer's StepMeter: median "
                   "window, median repetition)",
                   "", "| config | ranks | samples/s | spread | vs DDP | reps | scaling 1 -> 2 ranks | ms: data / fwd / bwd / opt |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        mine = [r for r in rows if r["arch"] == arch]
+        mine = [r for r in rows if r["arch"] == arch and r["precision"] == precision]
         for ranks in sorted({r["ranks"] for r in mine}, reverse=True):
             for config in _in_order(r["config"] for r in mine):
                 runs = [r for r in mine if r["config"] == config and r["ranks"] == ranks and "samples_per_s" in r]
@@ -441,17 +560,12 @@ def throughput_table(rows: list[dict]) -> list[str]:
                         lines.append(f"| {label(config)} | {ranks} | failed | | | {len(failed)} | |")
                     continue
                 rates = [r["samples_per_s"] for r in runs]
-                ratios = []
-                for run in runs:
-                    base = next((d for d in mine if d["config"] == "ddp" and d["ranks"] == ranks
-                                 and d["repeat"] == run["repeat"] and "samples_per_s" in d), None)
-                    if base:
-                        ratios.append(run["samples_per_s"] / base["samples_per_s"])
+                ratios = _ddp_ratios(mine, arch, precision, config, ranks)
                 one = [r["samples_per_s"] for r in mine if r["config"] == config and r["ranks"] == 1 and "samples_per_s" in r]
                 scaling = f"{statistics.median(rates) / statistics.median(one):.2f}x" if ranks == 2 and one else ""
                 mfu = [r["mfu"] for r in runs if "mfu" in r]
                 lines.append(f"| {label(config)} | {ranks} | {statistics.median(rates):,.1f} | {_spread(rates)} | "
-                             f"{statistics.median(ratios):.2f}x | {len(runs)}{' (+%d failed)' % len(failed) if failed else ''} | "
+                             f"{f'{statistics.median(ratios):.2f}x' if ratios else '-'} | {len(runs)}{' (+%d failed)' % len(failed) if failed else ''} | "
                              f"{scaling}{f' MFU {100 * statistics.median(mfu):.1f}%' if mfu else ''} | "
                              f"{_phases(runs)} |")
     return lines
@@ -463,6 +577,64 @@ def _phases(runs: list[dict]) -> str:
         return ""
     return " / ".join(f"{statistics.median(t[name] for t in timed if name in t):.0f}" for name in PHASES
                       if any(name in t for t in timed))
+
+
+def _collective_ms(row: dict, dtype: str, op: str) -> float | None:
+    return row.get("by_dtype", {}).get(dtype, {}).get(op, {}).get("ms")
+
+
+def collectives_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r.get("part") == "collectives" and "by_dtype" in r]
+    if not rows:
+        return []
+    lines = ["\nThe gradient collectives alone, at each model's trainable size, on the runs' backend (ms, median of "
+             "the repetitions, slowest rank). DDP all-reduces the gradients; DeepSpeed's ZeRO-1/2 all-reduces them "
+             "and then all-gathers the updated partitions (the ZeRO paper counts a reduce-scatter instead of the "
+             "all-reduce: the same bytes as DDP's all-reduce)",
+             "", "| arch | ranks | backend | elements | dtype | all-reduce | reduce-scatter | all-gather of the partitions | "
+                 "ZeRO-1/2 as DeepSpeed issues them | paper's ZeRO-2 (reduce-scatter + all-gather) |",
+             "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    def cell(value):
+        return f"{value:.2f}" if value is not None else "n/a"
+    for r in rows:
+        for dtype in r["by_dtype"]:
+            reduce, scatter, gather = (_collective_ms(r, dtype, op) for op in ("all_reduce", "reduce_scatter", "all_gather"))
+            issued = reduce + gather if reduce is not None and gather is not None else None
+            paper = scatter + gather if scatter is not None and gather is not None else None
+            ratio = f" ({issued / reduce:.2f}x the all-reduce)" if issued and reduce else ""
+            lines.append(f"| {r['arch']} | {r['world_size']} | {r['backend']} | {r['numel']:,} | {dtype} | {cell(reduce)} | "
+                         f"{cell(scatter)} | {cell(gather)} | {cell(issued)}{ratio} | {cell(paper)} |")
+    return lines
+
+
+def _step_samples(row: dict) -> int:
+    """Examples a step of a throughput row takes over all ranks (micro batch x ranks; no accumulation here)."""
+    args = row["train_args"]
+    return int(args[args.index("--micro-batch-size") + 1]) * row["ranks"]
+
+
+def collective_floor(rows: list[dict], arch: str, precision: str) -> str | None:
+    """What ZeRO-2's collectives alone add to DDP's step on this backend, and the ratio that leaves at best.
+
+    DDP's step time is read from its throughput rows; the addition is ZeRO-2's all-reduce (in the engine's
+    dtype) plus its all-gather, minus DDP's fp32 all-reduce. If ZeRO-2's compute cost no more than DDP's,
+    ZeRO-2 could not beat DDP's step plus that addition: an upper bound on the ratio from the collectives alone.
+    """
+    row = next((r for r in rows if r.get("part") == "collectives" and r["arch"] == arch and "by_dtype" in r), None)
+    ddp = [r for r in rows if r.get("part") == "throughput" and r["arch"] == arch and r["precision"] == precision
+           and r["config"] == "ddp" and r["ranks"] == row.get("world_size") and "samples_per_s" in r] if row else []
+    dtype = precision if precision in ("bf16", "fp16") else "fp32"
+    zero_reduce, zero_gather = _collective_ms(row, dtype, "all_reduce") if row else None, \
+        _collective_ms(row, dtype, "all_gather") if row else None
+    ddp_reduce = _collective_ms(row, "fp32", "all_reduce") if row else None
+    if not ddp or None in (zero_reduce, zero_gather, ddp_reduce):
+        return None
+    ddp_step_ms = statistics.median(1000 * _step_samples(r) / r["samples_per_s"] for r in ddp)
+    extra = zero_reduce + zero_gather - ddp_reduce
+    bound = ddp_step_ms / (ddp_step_ms + extra) if extra > 0 else 1.0
+    return (f"collectives: ZeRO-2 issues all-reduce {zero_reduce:.1f} + all-gather {zero_gather:.1f} ms ({dtype}) "
+            f"against DDP's all-reduce {ddp_reduce:.1f} ms (fp32), {extra:+.1f} ms on DDP's {ddp_step_ms:.1f} ms "
+            f"step: from the collectives alone ZeRO-2 <= {bound:.2f}x DDP on this backend")
 
 
 def memory_table(rows: list[dict]) -> list[str]:
@@ -496,19 +668,16 @@ def memory_table(rows: list[dict]) -> list[str]:
 
 def goals(rows: list[dict]) -> list[str]:
     lines = []
-    for arch in dict.fromkeys(r["arch"] for r in rows if r.get("part") == "throughput"):
-        ratios = []
-        for run in (r for r in rows if r.get("part") == "throughput" and r["arch"] == arch and r["config"] == "z2"
-                    and r["ranks"] == 2 and "samples_per_s" in r):
-            base = next((d for d in rows if d.get("part") == "throughput" and d["arch"] == arch and d["config"] == "ddp"
-                         and d["ranks"] == 2 and d["repeat"] == run["repeat"] and "samples_per_s" in d), None)
-            if base:
-                ratios.append(run["samples_per_s"] / base["samples_per_s"])
+    for arch, precision in _settings(rows):
+        ratios = _ddp_ratios(rows, arch, precision, "z2", 2)
         if ratios:
             ratio = statistics.median(ratios)
-            lines.append(f"goal {arch}: ZeRO-2 at {ratio:.2f}x DDP (per-repetition ratios "
+            lines.append(f"goal {arch} {precision}: ZeRO-2 at {ratio:.2f}x DDP (per-repetition ratios "
                          f"{', '.join(f'{x:.2f}' for x in ratios)}; >= {GOAL_Z2_VS_DDP:.1f}x): "
                          f"{'MET' if ratio >= GOAL_Z2_VS_DDP else 'NOT MET'}")
+            floor = collective_floor(rows, arch, precision)
+            if floor:
+                lines.append("  " + floor)
     memory = [r for r in rows if r.get("part") == "memory" and "error" not in r]
     if memory:
         worst = max(memory, key=lambda r: abs(estimate_for(r)["estimate"] / _measured(r) - 1))
@@ -533,16 +702,17 @@ def plot(rows: list[dict], path: Path) -> str:
         return "matplotlib is not installed (pip install -e '.[bench]'): no plot"
     speed = [r for r in rows if r.get("part") == "throughput" and "samples_per_s" in r and r["ranks"] == 2]
     memory = [r for r in rows if r.get("part") == "memory" and "error" not in r]
-    archs = list(dict.fromkeys(r["arch"] for r in speed))
-    panels = len(archs) + (1 if memory else 0)
+    settings = _settings(speed)
+    panels = len(settings) + (1 if memory else 0)
     if not panels:
         return "nothing to plot"
     figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
-    for axis, arch in zip(axes[0], archs):
-        configs = _in_order(r["config"] for r in speed if r["arch"] == arch)
+    for axis, (arch, precision) in zip(axes[0], settings):
+        mine = [r for r in speed if r["arch"] == arch and r["precision"] == precision]
+        configs = _in_order(r["config"] for r in mine)
         medians, lows, highs = [], [], []
         for config in configs:
-            rates = [r["samples_per_s"] for r in speed if r["config"] == config and r["arch"] == arch]
+            rates = [r["samples_per_s"] for r in mine if r["config"] == config]
             medians.append(statistics.median(rates))
             lows.append(medians[-1] - min(rates))
             highs.append(max(rates) - medians[-1])
@@ -550,7 +720,7 @@ def plot(rows: list[dict], path: Path) -> str:
                  color=["#888888" if c == "ddp" else "#3a7dc9" for c in configs])
         axis.set_xticks(range(len(configs)), [label(c).replace(" + ", "\n+ ") for c in configs], fontsize=8)
         axis.set_ylabel("samples/s, 2 ranks (median, min-max)")
-        axis.set_title(f"{arch}: throughput")
+        axis.set_title(f"{arch}, {precision}: throughput")
     if memory:
         axis = axes[0][-1]
         labels = [f"{r['arch']}\n{r['precision']}\n{label(r['config']).replace('ZeRO-', 'Z').replace(' + offload', '+off')}"
@@ -578,7 +748,7 @@ def report(rows: list[dict], save: bool, results: Path = RESULTS) -> None:
              f"{head['date']} on {head['machine']['node']} ({head['machine']['cpus']} CPUs), code {head['code']} "
              f"({head['commit']}), torch {head['versions']['torch']}, DeepSpeed {head['versions']['deepspeed']}; "
              f"1-min load {min(r['machine']['load_1min'] for r in rows):.1f}-{max(r['machine']['load_1min'] for r in rows):.1f}"]
-    lines += throughput_table(rows) + memory_table(rows) + [""] + goals(rows)
+    lines += throughput_table(rows) + collectives_table(rows) + memory_table(rows) + [""] + goals(rows)
     text = "\n".join(lines)
     print(text)
     if save:
@@ -593,7 +763,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="dataset folder written by `peapod-scale prepare`")
     parser.add_argument("--arch", nargs="+", default=["tiny", "t5-small"], help="presets (default: %(default)s)")
-    parser.add_argument("--parts", nargs="+", default=["throughput", "memory"], choices=["throughput", "memory"])
+    parser.add_argument("--parts", nargs="+", default=["throughput", "collectives", "memory"],
+                        choices=["throughput", "collectives", "memory"],
+                        help="throughput: DDP against the ZeRO stages; collectives: the gradient all-reduce / "
+                             "reduce-scatter / all-gather alone at the model's size; memory: model state per rank "
+                             "(default: all)")
     parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS, help="throughput configs")
     parser.add_argument("--ranks", type=int, default=2,
                         help="ranks of the --configs runs (default: %(default)s; 1 on a one-GPU machine, with an "
@@ -604,8 +778,10 @@ def main() -> None:
                         help="configs (shipped or --extra-config names) also run on 1 rank for the 1 -> 2 rank "
                              "scaling (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of the interleaved configs (default: 3)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
-                        help="throughput precision (default: fp32, the CPU default; auto on a GPU)")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16", "auto"],
+                        help="throughput precisions, each a table of its own (default: fp32, the CPU default; "
+                             "bf16 is what the shipped configs ask for; auto on a GPU)")
+    parser.add_argument("--collective-reps", type=int, default=20, help="timed repetitions of each collective")
     parser.add_argument("--memory-precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--memory-configs", nargs="+", default=MEMORY_CONFIGS, choices=MEMORY_CONFIGS)
     parser.add_argument("--memory-steps", type=int, default=3, help="steps of a memory run (censuses from the 2nd)")
@@ -647,12 +823,18 @@ def main() -> None:
                 plan = [(c, args.ranks) for c in args.configs] + [(name, args.ranks) for name in bench.extra] + \
                     [(c, 1) for c in args.scaling]
                 for repeat in range(args.repeats):
-                    for config, ranks in plan:
-                        row = bench.throughput(arch, config, ranks, repeat)
-                        print(f"  {arch:<9} {label(config):<17} {ranks} rank(s) rep {repeat}: "
+                    for precision, (config, ranks) in itertools.product(args.precision, plan):
+                        row = bench.throughput(arch, precision, config, ranks, repeat)
+                        print(f"  {arch:<9} {precision:<4} {label(config):<17} {ranks} rank(s) rep {repeat}: "
                               + (f"{row['samples_per_s']:8.1f} samples/s ({row['kept_windows']} windows, "
                                  f"{row['wall_s']:.0f} s, load {row['machine']['load_1min']:.1f})" if "samples_per_s" in row
                                  else "FAILED " + row["error"][-800:]), flush=True)
+            if "collectives" in args.parts and args.ranks > 1:
+                row = bench.collectives(arch, args.precision)
+                print(f"  {arch:<9} collectives: " + ("FAILED " + row["error"][-800:] if "error" in row else ", ".join(
+                    f"{dtype} " + " / ".join(f"{op} {v['ms']:.2f} ms" if "ms" in v else f"{op} n/a"
+                                              for op, v in ops.items()) for dtype, ops in row["by_dtype"].items())),
+                      flush=True)
             if "memory" in args.parts:
                 for precision in args.memory_precisions:
                     for config in args.memory_configs:

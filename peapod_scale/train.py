@@ -10,6 +10,10 @@ import sys
 import traceback
 from pathlib import Path
 
+from peapod_scale.host_memory import use_huge_pages
+
+use_huge_pages()  # before torch allocates: every rank starts here (deepspeed, torchrun, srun, peapod-scale train)
+
 import torch
 
 from peapod_scale.config import parse_train_config
