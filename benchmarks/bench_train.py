@@ -261,9 +261,9 @@ def memory_child(argv: list[str]) -> None:
 def collectives_child(argv: list[str]) -> None:
     """The collectives a step issues, on the model's gradient size and the run's backend, timed alone.
 
-    DDP all-reduces the gradients once a step; DeepSpeed's ZeRO-1/2 all-reduces them too (with
-    ``use_multi_rank_bucket_allreduce``, its default, and on 2 ranks with the per-rank reduces as well) and then
-    all-gathers the updated partitions. What the extra all-gather costs on this backend is a floor under
+    DDP all-reduces the gradients once a step. DeepSpeed's ZeRO-1/2 all-reduces them too (its default
+    ``use_multi_rank_bucket_allreduce``; with it off, one reduce per rank moves the same bytes on gloo) and
+    then all-gathers the updated partitions. What that all-gather costs on this backend is a floor under
     ZeRO-2's step that no setting of the trainer removes: this child measures it.
     """
     import statistics as stats
@@ -617,24 +617,27 @@ def collective_floor(rows: list[dict], arch: str, precision: str) -> str | None:
     """What ZeRO-2's collectives alone add to DDP's step on this backend, and the ratio that leaves at best.
 
     DDP's step time is read from its throughput rows; the addition is ZeRO-2's all-reduce (in the engine's
-    dtype) plus its all-gather, minus DDP's fp32 all-reduce. If ZeRO-2's compute cost no more than DDP's,
-    ZeRO-2 could not beat DDP's step plus that addition: an upper bound on the ratio from the collectives alone.
+    dtype) plus its all-gather, minus DDP's all-reduce (fp32 gradients, autocast or not). Were the rest of
+    ZeRO-2's step as fast as DDP's, it would take DDP's step plus that addition: the ratio the collectives
+    leave. (In bf16, DeepSpeed's backward on bf16 weights can be faster than DDP's under autocast.)
     """
     row = next((r for r in rows if r.get("part") == "collectives" and r["arch"] == arch and "by_dtype" in r), None)
-    ddp = [r for r in rows if r.get("part") == "throughput" and r["arch"] == arch and r["precision"] == precision
-           and r["config"] == "ddp" and r["ranks"] == row.get("world_size") and "samples_per_s" in r] if row else []
+    if row is None:
+        return None
     dtype = precision if precision in ("bf16", "fp16") else "fp32"
-    zero_reduce, zero_gather = _collective_ms(row, dtype, "all_reduce") if row else None, \
-        _collective_ms(row, dtype, "all_gather") if row else None
-    ddp_reduce = _collective_ms(row, "fp32", "all_reduce") if row else None
+    zero_reduce, zero_gather = _collective_ms(row, dtype, "all_reduce"), _collective_ms(row, dtype, "all_gather")
+    ddp_reduce = _collective_ms(row, "fp32", "all_reduce")
+    ddp = [r for r in rows if r.get("part") == "throughput" and r["arch"] == arch and r["precision"] == precision
+           and r["config"] == "ddp" and r["ranks"] == row["world_size"] and "samples_per_s" in r]
     if not ddp or None in (zero_reduce, zero_gather, ddp_reduce):
         return None
     ddp_step_ms = statistics.median(1000 * _step_samples(r) / r["samples_per_s"] for r in ddp)
     extra = zero_reduce + zero_gather - ddp_reduce
-    bound = ddp_step_ms / (ddp_step_ms + extra) if extra > 0 else 1.0
+    verdict = (f"with compute equal to DDP's, ZeRO-2 <= {ddp_step_ms / (ddp_step_ms + extra):.2f}x DDP on this backend"
+               if extra > 0 else "the collectives cost ZeRO-2 nothing over DDP")
     return (f"collectives: ZeRO-2 issues all-reduce {zero_reduce:.1f} + all-gather {zero_gather:.1f} ms ({dtype}) "
             f"against DDP's all-reduce {ddp_reduce:.1f} ms (fp32), {extra:+.1f} ms on DDP's {ddp_step_ms:.1f} ms "
-            f"step: from the collectives alone ZeRO-2 <= {bound:.2f}x DDP on this backend")
+            f"step: {verdict}")
 
 
 def memory_table(rows: list[dict]) -> list[str]:
