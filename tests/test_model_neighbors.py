@@ -99,8 +99,19 @@ def _loss_and_grads(model, batch, labels):
     return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, dict(rtol=1e-12, atol=1e-14)),
-                                             (torch.float32, dict(rtol=2e-5, atol=1e-7))])
+def _assert_close_to_scale(actual, expected, rtol, scaled_atol, what=""):
+    """assert_close with the absolute tolerance a fraction of the expected tensor's largest magnitude.
+
+    The two paths sum in different orders: float32 rounding then differs by ~1e-6 of a gradient's scale
+    (7e-7 on a 0.73 gradient, measured on an AVX-512 CPU), more than a fixed atol fitted to one machine allows;
+    a wrong formula differs by the scale itself.
+    """
+    atol = scaled_atol * float(expected.detach().abs().max()) if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, dict(rtol=1e-12, scaled_atol=1e-13)),
+                                             (torch.float32, dict(rtol=2e-5, scaled_atol=1e-5))])
 @pytest.mark.parametrize("heads,tau", [(1, 1.0), (2, 0.7), (4, 1.3)])
 def test_mixing_embeddings_first_equals_composing_projected_values(heads, tau, dtype, tolerance):
     """Same loss and same gradient of every parameter as the [B, n, L, d] path (float32: the old code
@@ -112,12 +123,12 @@ def test_mixing_embeddings_first_equals_composing_projected_values(heads, tau, d
     labels = torch.tensor([[5, 1], [6, 1]])
     loss, grads = _loss_and_grads(model, batch, labels)
     loss_before, grads_before = _loss_and_grads(before, batch, labels)
-    torch.testing.assert_close(loss, loss_before, **tolerance)
+    _assert_close_to_scale(loss, loss_before, **tolerance, what="loss")
     assert grads.keys() == grads_before.keys()
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, grads_before[name], **tolerance, msg=lambda m: f"{name}: {m}")
+        _assert_close_to_scale(grad, grads_before[name], **tolerance, what=name)
     users = torch.arange(1, USERS + 1)
-    torch.testing.assert_close(model.user_prompt(users), before.user_prompt(users), **tolerance)
+    _assert_close_to_scale(model.user_prompt(users), before.user_prompt(users), **tolerance, what="prompts")
 
 
 def test_no_per_neighbour_prompt_is_kept_for_backward():
