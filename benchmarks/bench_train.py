@@ -622,7 +622,7 @@ def collective_floor(rows: list[dict], arch: str, precision: str) -> str | None:
     leave. (In bf16, DeepSpeed's backward on bf16 weights can be faster than DDP's under autocast.)
     """
     row = next((r for r in rows if r.get("part") == "collectives" and r["arch"] == arch and "by_dtype" in r), None)
-    if row is None:
+    if row is None or precision == "auto":  # auto: the engine's dtype is the machine's choice, not known here
         return None
     dtype = precision if precision in ("bf16", "fp16") else "fp32"
     zero_reduce, zero_gather = _collective_ms(row, dtype, "all_reduce"), _collective_ms(row, dtype, "all_gather")
