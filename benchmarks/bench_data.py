@@ -8,8 +8,9 @@
 N/50 items, ``--neighbors 0``), reused across runs; a missing size is prepared first and its wall
 time and peak RSS recorded as a ``prepare`` row. Keep it outside the repository.
 
-``--code`` (default HEAD) exports that commit's peapod_scale/ into a temp folder and measures it, so
-other people's uncommitted edits in the working tree are not what is measured.
+``--code`` (default HEAD) exports that commit's peapod_scale/ (with kernels/ and ds_configs/ inside it, as
+installed) into a temp folder and measures it, so other people's uncommitted edits in the working tree are not
+what is measured.
 
 Every measurement runs in its own interpreter, so ``ru_maxrss`` is that mode's peak, and reports:
 - ``peak_rss_mb``: peak RSS of the measuring (main) process;
@@ -53,7 +54,6 @@ rank's tokenized stream delivers >= 20x the examples/s training consumes.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -67,8 +67,9 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "bench_data.jsonl"
+import common
+
+ROWS = common.RESULTS / "bench_data.jsonl"
 SIZES = [1_000_000, 5_000_000, 20_000_000]
 MODES = ["raw", "tok", "lists", "hf", "hf-ranks"]
 TASKS = ("sequential", "topn")           # training's default --tasks
@@ -132,7 +133,7 @@ def _memory(sampler: MemorySampler) -> dict:
 
 
 def _train_files(root: str) -> tuple[dict, list[str]]:
-    from peapod_scale.data.stream import read_manifest, split_files
+    from peapod_scale.data.dataset import read_manifest, split_files
 
     manifest = read_manifest(root)
     return manifest, split_files(root, manifest, "train")
@@ -164,7 +165,7 @@ def _tokenize(batches, batcher, count: int) -> dict:
 
 def _row_stream(root: str, manifest: dict, files: list[str], batch: int, workers: int):
     """Endless batches of raw row dicts: ShardStream + TrainStream over the train split (training's columns)."""
-    from peapod_scale.data.reader import ShardStream, TrainStream
+    from peapod_scale.data.shard_stream import ShardStream, TrainStream
 
     dataset = ShardStream(files, batch, 0, 1, seed=SEED, window_rows=WINDOW, columns=COLUMNS)
     return iter(TrainStream(dataset, num_workers=workers))
@@ -172,7 +173,7 @@ def _row_stream(root: str, manifest: dict, files: list[str], batch: int, workers
 
 def tokenizing_path() -> str:
     """'workers' when stream.py offers task_stream (batches tokenized in the loader workers), else 'main'."""
-    from peapod_scale.data import stream
+    from peapod_scale.data import dataset as stream
 
     return "workers" if hasattr(stream, "task_stream") else "main"
 
@@ -200,7 +201,7 @@ def child_tok(root: str, workers: int, batch: int, batches: int, **_) -> dict:
     """Training's data path per rank. With ``stream.task_stream`` (render + tokenize in the loader workers,
     batches arrive as tensors): that, tasks sequential and top-N at equal weights; before it: raw rows from
     the loader, rendered and tokenized by TaskBatcher in the main process."""
-    from peapod_scale.data import stream as stream_module
+    from peapod_scale.data import dataset as stream_module
 
     manifest, files = _train_files(root)
     batcher = _batcher(root, manifest)
@@ -326,7 +327,7 @@ def child_hf_ranks(root: str, **_) -> dict:
 
 
 def child_prepare(root: str, interactions: int, **_) -> dict:
-    from peapod_scale.data.prepare import prepare_dataset
+    from peapod_scale.data.prepare.dataset import prepare_dataset
 
     n = interactions
     started = time.perf_counter()
@@ -345,33 +346,16 @@ CHILDREN = {"raw": child_raw, "tok": child_tok, "lists": child_lists, "lists-pro
 # parent
 # ----------------------------------------------------------------------------------------------
 
-def _versions() -> dict:
-    import numpy
-    import pyarrow
-    import torch
-
-    import peapod_scale
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "pyarrow": pyarrow.__version__,
-                "numpy": numpy.__version__, "peapod_scale": peapod_scale.__version__}
-    for name in ("datasets", "psutil"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = None
-    return versions
-
-
 def _data_commit(ref: str) -> str | None:
-    """The last commit that touched peapod_scale/data/ (up to ``ref``), '+ uncommitted edits' for the working tree."""
+    """The last commit that touched peapod_scale/data/ (up to ``ref``), '+ uncommitted edits' for the working tree.
+
+    The data path's own history, not the commit measured: a run's figures change when this does. None without a
+    checkout (``PEAPOD_COMMIT`` names the tree's commit, not this one).
+    """
     rev = "HEAD" if ref == "worktree" else ref
-    done = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s", rev, "--", "peapod_scale/data/"],
-                          capture_output=True, text=True, check=False)
-    text = done.stdout.strip()[:100] or None
-    if ref == "worktree":
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "peapod_scale/"],
-                               capture_output=True, text=True, check=False).stdout.strip()
-        text = f"{text} + uncommitted edits" if dirty else text
+    text = (common.git("log", "-1", "--format=%h %s", rev, "--", "peapod_scale/data/") or "")[:100] or None
+    if ref == "worktree" and common.differs(["peapod_scale/"]):
+        text = f"{text} + uncommitted edits"
     return text
 
 
@@ -382,21 +366,12 @@ def _available_mb() -> float:
     return float("inf")
 
 
-CODE_DIR = REPO  # the peapod_scale the children import: the working tree, or an export of a commit (--code)
-
-
-def export_code(ref: str, scratch: Path) -> Path:
-    """``git archive`` of ``ref``'s peapod_scale/ into scratch: measure committed code, not others' edits."""
-    target = scratch / "code"
-    target.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "peapod_scale"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target
+CODE_DIR = common.REPO  # the peapod_scale the children import: the working tree, or an export of a commit (--code)
 
 
 def _child(mode: str, timeout: float, **params) -> dict:
     """Run one measurement in a fresh interpreter; a failure comes back as {'error': ...}."""
-    code = (f"import json, sys; sys.path[:0] = [{str(CODE_DIR)!r}, {str(REPO / 'benchmarks')!r}]; import bench_data; "
+    code = (f"import json, sys; sys.path[:0] = [{str(CODE_DIR)!r}, {str(common.REPO / 'benchmarks')!r}]; import bench_data; "
             f"result = bench_data.CHILDREN[{mode!r}](**json.loads(sys.argv[1])); "
             f"result['code_path'] = getattr(sys.modules.get('peapod_scale'), '__file__', None); print(json.dumps(result))")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
@@ -414,20 +389,18 @@ class Recorder:
     def __init__(self, save: bool, ref: str):
         self.save, self.rows = save, []
         self.run_id = uuid.uuid4().hex[:8]
-        self.versions = _versions()
+        self.versions = common.versions("pyarrow", "numpy", "peapod_scale", "datasets", "psutil")
         self.data_commit = _data_commit(ref)
 
     def add(self, row: dict, load: float) -> dict:
+        machine = common.machine(load)
         row = {**row, "run_id": self.run_id,
-               "machine": {"node": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                           "load_1min": load, "shared_vm": True},
-               "versions": self.versions, "data_code": self.data_commit,
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+               "machine": {"node": machine["host"], "cpus": machine["cpus"], "platform": machine["platform"],
+                           "load_1min": machine["load_1min"], "shared_vm": True},
+               "versions": self.versions, "data_code": self.data_commit, "date": common.now_utc()}
         self.rows.append(row)
         if self.save:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            with open(RESULTS, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+            common.append_rows(ROWS, [row])
         return row
 
 
@@ -617,17 +590,17 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.report:
-        rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
         rows = [r for r in rows if r.get("run_id") == args.report]
         if not rows:
-            raise SystemExit(f"no rows of run {args.report} in {RESULTS}")
+            raise SystemExit(f"no rows of run {args.report} in {ROWS}")
         print_table(rows, *_train_rate(args.train_run))
         return
 
     global CODE_DIR
     scratch = tempfile.TemporaryDirectory(prefix="bench_data_code_")
     if args.code != "worktree":
-        CODE_DIR = export_code(args.code, Path(scratch.name))
+        CODE_DIR = common.export_code(args.code, Path(scratch.name))
     train_rate, train_source = _train_rate(args.train_run)
     recorder = Recorder(save=not args.no_save, ref=args.code)
     root = Path(args.data_root)
@@ -641,7 +614,7 @@ def main() -> None:
                 _print_line(measure(mode, n, folder, args, recorder, workers))
     print_table(recorder.rows, train_rate, train_source)
     if recorder.save:
-        print(f"\nappended {len(recorder.rows)} rows to {RESULTS}")
+        print(f"\nappended {len(recorder.rows)} rows to {ROWS}")
 
 
 if __name__ == "__main__":

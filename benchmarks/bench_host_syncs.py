@@ -22,35 +22,22 @@ commit).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+import common
+
 LOOPS = ("per-step syncs (before)", "trainer now")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("PEAPOD_COMMIT", "unknown")
 
 
 def build(args):
     import torch
 
-    from peapod_scale.config import TrainConfig
+    from peapod_scale.config.train import TrainConfig
     from peapod_scale.data.batches import TaskBatcher
-    from peapod_scale.data.stream import read_manifest, read_rows
+    from peapod_scale.data.dataset import read_manifest, read_rows
     from peapod_scale.data.tokenizer import load_codec
     from peapod_scale.model.build import build_model
 
@@ -122,7 +109,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CUDA when torch sees a GPU, else the CPU (default: %(default)s)")
-    parser.add_argument("--results", default=str(RESULTS), help="folder of the JSON rows (default: %(default)s)")
+    parser.add_argument("--results", default=str(common.RESULTS), help="folder of the JSON rows (default: %(default)s)")
     args = parser.parse_args(argv)
     if not (Path(args.data) / "manifest.json").is_file():
         print(f"error: --data {args.data}: not a dataset folder (run `peapod-scale prepare` first)", file=sys.stderr)
@@ -143,29 +130,26 @@ def main(argv=None) -> None:
         for kind in LOOPS:
             times[kind].append(run_loop(kind, model, optimizer, batches, device, args.steps, args.window))
             print(f"repeat {repeat + 1}/{args.repeats} {kind}: {1e3 * times[kind][-1]:.2f} ms/step", flush=True)
-    import deepspeed
-    import transformers
-
-    common = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "commit": _commit(), "arch": args.arch, "micro_batch": args.micro_batch, "steps": args.steps,
-              "window": args.window, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-              "machine": {"host": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg()[0],
+    machine = common.machine()
+    versions = common.versions("transformers", "deepspeed")
+    del versions["python"]  # this script's rows never carried it
+    shared = {"date": common.now_utc(), "commit": common.commit(), "arch": args.arch, "micro_batch": args.micro_batch,
+              "steps": args.steps, "window": args.window,
+              "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+              "machine": {"host": machine["host"], "cpus": machine["cpus"], "load": machine["load_1min"],
                           "threads": torch.get_num_threads()},
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "deepspeed": deepspeed.__version__}}
+              "versions": versions}
     base = statistics.median(times[LOOPS[0]])
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    print(f"\n{args.arch}, micro batch {args.micro_batch}, {common['device']}, {args.steps} steps x {args.repeats}\n")
+    print(f"\n{args.arch}, micro batch {args.micro_batch}, {shared['device']}, {args.steps} steps x {args.repeats}\n")
     print("| loop | ms/step | spread | vs before |\n|---|---:|---:|---:|")
-    with open(results / "bench_host_syncs.jsonl", "a", encoding="utf-8") as out:
-        for kind in LOOPS:
-            median = statistics.median(times[kind])
-            row = {**common, "loop": kind, "step_ms": 1e3 * median, "runs_ms": [1e3 * t for t in times[kind]],
-                   "speedup_vs_before": base / median}
-            out.write(json.dumps(row) + "\n")
-            print(f"| {kind} | {1e3 * median:.2f} | {1e3 * min(times[kind]):.2f}-{1e3 * max(times[kind]):.2f} | "
-                  f"{base / median:.3f}x |")
+    rows = []
+    for kind in LOOPS:
+        median = statistics.median(times[kind])
+        rows.append({**shared, "loop": kind, "step_ms": 1e3 * median, "runs_ms": [1e3 * t for t in times[kind]],
+                     "speedup_vs_before": base / median})
+        print(f"| {kind} | {1e3 * median:.2f} | {1e3 * min(times[kind]):.2f}-{1e3 * max(times[kind]):.2f} | "
+              f"{base / median:.3f}x |")
+    common.append_rows(Path(args.results) / "bench_host_syncs.jsonl", rows)
 
 
 if __name__ == "__main__":

@@ -19,21 +19,19 @@ A table is printed and one JSON row per measurement is appended to
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_model_build.jsonl"
+import common
+
+ROWS = common.RESULTS / "bench_model_build.jsonl"
 
 _CHILD = """
 import gc, json, os, resource, sys, time
 import torch, deepspeed
-from peapod_scale.config import TrainConfig
+from peapod_scale.config.train import TrainConfig
 from peapod_scale.model.build import build_model
 arch, mode = sys.argv[1], sys.argv[2]
 if mode != "plain":
@@ -53,15 +51,9 @@ print("RESULT " + json.dumps({"build_s": time.perf_counter() - started, "local_p
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run_build(arch: str, mode: str, ranks: int) -> list[dict]:
     """One result per rank (``plain``: one process, no process group)."""
-    port = str(_free_port())
+    port = str(common.free_port())
     processes = []
     for rank in range(ranks):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(ranks), "LOCAL_RANK": str(rank),
@@ -80,14 +72,9 @@ def run_build(arch: str, mode: str, ranks: int) -> list[dict]:
 
 
 def environment() -> dict:
-    import deepspeed
-    import torch
-    import transformers
-
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "cpus": os.cpu_count(), "load_1min": os.getloadavg()[0],
-            "python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-            "transformers": transformers.__version__}
+    machine = common.machine()
+    return {"date": common.now_utc(), "host": machine["host"], "cpus": machine["cpus"],
+            "load_1min": machine["load_1min"], **common.versions("deepspeed", "transformers")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,11 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{arch:<14} {label:<10} {row['local_params'] / 1e6:>11.1f}M {held:>8.0f} {peak:>8.0f} {above:>10.0f} "
                   f"{row['ratio_vs_plain']:>8.2f}x {row['build_s']:>7.1f}")
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS, "a") as out:
-            for row in rows:
-                out.write(json.dumps(row) + "\n")
-        print(f"appended {len(rows)} rows to {RESULTS}")
+        common.append_rows(ROWS, rows)
+        print(f"appended {len(rows)} rows to {ROWS}")
     return 0
 
 

@@ -4,10 +4,10 @@
     python benchmarks/bench_neighbors.py --code HEAD --rounds 5 --scope prompt
     python benchmarks/bench_neighbors.py --report RUN_ID                   # reprint a run's table
 
-Each ``--code`` ref's ``peapod_scale/`` and ``kernels/`` are ``git archive``d into a scratch folder and
-imported from there, so the commit is what is measured (not the working tree others are editing). The
-default compares the commit before the per-head mixing rewrite (each neighbour projected to an
-``L x d`` prompt, then composed: a ``[B, n, L, d]`` tensor) with HEAD.
+Each ``--code`` ref's ``peapod_scale/``, ``kernels/`` and ``ds_configs/`` are ``git archive``d into a scratch
+folder, laid out as installed, and imported from there, so the commit is what is measured (not the working
+tree others are editing). The default compares the commit before the per-head mixing rewrite (each
+neighbour projected to an ``L x d`` prompt, then composed: a ``[B, n, L, d]`` tensor) with HEAD.
 
 Settings default to the released code's: t5-small, n = 20 neighbours, L = 3, 4 heads, batch 64. Scopes:
 ``model`` is forward + backward of the whole PeaPOD model on a random batch (what a training step
@@ -27,11 +27,8 @@ One JSON row per measurement goes to ``benchmarks/results/bench_neighbors.jsonl`
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,8 +36,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "bench_neighbors.jsonl"
+import common
+
+ROWS = common.RESULTS / "bench_neighbors.jsonl"
 BEFORE_REWRITE = "1561e38~1"  # the commit before "each head mixes the n small user embeddings first"
 
 _CHILD = r"""
@@ -115,22 +113,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def export_code(ref: str, scratch: Path) -> Path:
-    """``peapod_scale/`` with ``kernels/`` at ``peapod_scale/kernels`` (where the install puts it)."""
-    target = scratch / _git("rev-parse", "--short", ref)
-    if not target.exists():
-        target.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "peapod_scale", "kernels"],
-                                 capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-        (target / "kernels").rename(target / "peapod_scale" / "kernels")
-    return target
-
-
 def measure(code_dir: Path, params: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_dir), "OMP_NUM_THREADS": str(params["threads"]),
            "MALLOC_MMAP_THRESHOLD_": str(64 << 10), "TOKENIZERS_PARALLELISM": "false"}
@@ -143,12 +125,6 @@ def measure(code_dir: Path, params: dict) -> dict:
     if not result.pop("code_path").startswith(str(code_dir)):
         raise RuntimeError(f"the child did not import the code exported to {code_dir}")
     return result
-
-
-def _versions() -> dict:
-    import torch
-
-    return dict(python=platform.python_version(), torch=torch.__version__)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -175,26 +151,25 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report:
-        rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
         print_table([r for r in rows if r["run_id"] == args.report])
         return 0
-    run_id, bench_commit = uuid.uuid4().hex[:8], _git("rev-parse", "--short", "HEAD")
-    common = dict(run_id=run_id, host=socket.gethostname(), platform=platform.platform(), cpus=os.cpu_count(),
-                  bench_commit=bench_commit, **_versions())
+    run_id, machine = uuid.uuid4().hex[:8], common.machine()
+    shared = dict(run_id=run_id, host=machine["host"], platform=machine["platform"], cpus=machine["cpus"],
+                  bench_commit=common.commit(), **common.versions())
     settings = dict(arch=args.arch, batch=args.batch, neighbors=args.neighbors, prompt_length=args.prompt_length,
                     heads=args.heads, user_dim=args.user_dim, users=args.users, seq_len=args.seq_len,
                     label_len=args.label_len, vocab=args.vocab, threads=args.threads, warmup=args.warmup, reps=args.reps)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_neighbors_") as scratch:
-        code = {ref: export_code(ref, Path(scratch)) for ref in args.code}
+        code = {ref: common.export_code(ref, Path(scratch)) for ref in args.code}
         for round_index in range(args.rounds):
             for scope in args.scope:
                 for ref, code_dir in code.items():
                     load = os.getloadavg()[0]
                     result = measure(code_dir, dict(settings, scope=scope))
-                    row = dict(common, **settings, scope=scope, code_ref=ref, code_commit=code_dir.name,
-                               round=round_index, load_1min=round(load, 2),
-                               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    row = dict(shared, **settings, scope=scope, code_ref=ref, code_commit=code_dir.name,
+                               round=round_index, load_1min=round(load, 2), date=common.now_utc(),
                                median_s=statistics.median(result["times_s"]), min_s=min(result["times_s"]),
                                max_s=max(result["times_s"]),
                                peak_rise_mb_median=statistics.median(result["peak_rise_mb"]), **result)
@@ -203,9 +178,7 @@ def main(argv=None) -> int:
                           f"(min {row['min_s']:.4f}, max {row['max_s']:.4f}), peak rise "
                           f"{row['peak_rise_mb_median']:.1f} MB, load {load:.2f}", flush=True)
                     if not args.no_save:
-                        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                        with RESULTS.open("a") as f:
-                            f.write(json.dumps(row) + "\n")
+                        common.append_rows(ROWS, [row])
     print(f"run {run_id}: {', '.join(f'{k}={v}' for k, v in settings.items())}")
     print_table(rows)
     return 0

@@ -27,17 +27,14 @@ in Triton's interpreter on small shapes, and reports no timings.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
-import json
 import os
-import platform
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+import common
 
 # Triton chooses interpreter or compiler when the kernels are decorated, i.e. when the kernels module is
 # imported: without a GPU the interpreter must be switched on before that import.
@@ -52,7 +49,7 @@ try:
 except Exception:  # noqa: BLE001 - any broken install means "no triton" here
     triton = None
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROWS_FILE = "bench_prompt_compose.jsonl"  # in --results
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROVIDERS = ("eager", "compile", "triton")
 MODES = ("forward", "backward", "full")
@@ -81,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup-ms", type=int, default=25)
     p.add_argument("--rep-ms", type=int, default=100)
     p.add_argument("--copy-mib", type=int, default=1024, help="size of the device-to-device copy reference")
-    p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON rows and the plot")
+    p.add_argument("--results", type=Path, default=common.RESULTS, help="folder for the JSON rows and the plot")
     p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph figure")
     p.add_argument("--no-save", action="store_true", help="print only: no JSON rows, no plot")
     return p.parse_args(argv)
@@ -193,30 +190,15 @@ def check_against_reference(shape, dtype, device, tau, tensor_tau=False) -> dict
     return dict(errors=errors, ok=all(e <= CHECK_TOLERANCE[dtype] for e in errors.values()))
 
 
-def code_commit() -> str:
-    """The commit measured, with ``+dirty`` when kernels/ differs from it; ``PEAPOD_COMMIT`` names it
-    for a copy of the tree without its git folder (a GPU machine the tree was shipped to)."""
-    if os.environ.get("PEAPOD_COMMIT"):
-        return os.environ["PEAPOD_COMMIT"]
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "kernels"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
 def run_gpu(args) -> int:
     device_name = torch.cuda.get_device_name()
     copy_gbps = copy_bandwidth(args.copy_mib, args.warmup_ms, args.rep_ms)
     print(f"{device_name}: device-to-device copy {copy_gbps:.0f} GB/s ({args.copy_mib} MiB)")
-    common = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  host=socket.gethostname(), platform=platform.platform(), device=device_name,
-                  torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
-                  commit=code_commit(), copy_gbps=round(copy_gbps, 1), tau=args.tau)
+    machine, versions = common.machine(), common.versions("triton")
+    # the commit measured, "+dirty" when kernels/ (the code timed here) differs from it
+    shared = dict(date=common.now_utc(), host=machine["host"], platform=machine["platform"], device=device_name,
+                  torch=versions["torch"], triton=versions["triton"], cuda=torch.version.cuda,
+                  commit=common.commit(dirty_paths=["kernels"]), copy_gbps=round(copy_gbps, 1), tau=args.tau)
     rows, failures = [], 0
     for shape, dtype_name in itertools.product(shapes(args), args.dtype):
         dtype = DTYPES[dtype_name]
@@ -226,10 +208,10 @@ def run_gpu(args) -> int:
               + ("  ok" if check["ok"] else "  MISMATCH: not timed"))
         if not check["ok"]:
             failures += 1
-            rows.append(dict(common, provider="triton", mode="check", dtype=dtype_name, **shape,
+            rows.append(dict(shared, provider="triton", mode="check", dtype=dtype_name, **shape,
                              check_errors=check["errors"], check_ok=False))
             if not args.no_save:
-                append_rows(rows[-1:], args.results)
+                common.append_rows(args.results / ROWS_FILE, rows[-1:])
             continue
         import torch._dynamo
 
@@ -245,7 +227,7 @@ def run_gpu(args) -> int:
                 median, p20, p80, peak, graph_ms, graph_error = bench_one(
                     forward, logits, pool, grad, mode, args.warmup_ms, args.rep_ms, graph=not args.no_graph)
                 gbps = min_bytes(shape, dtype, mode) / (median * 1e-3) / 1e9
-                group.append(dict(common, provider=provider, mode=mode, dtype=dtype_name, **shape,
+                group.append(dict(shared, provider=provider, mode=mode, dtype=dtype_name, **shape,
                                   ms_median=median, ms_p20=p20, ms_p80=p80, graph_ms=graph_ms,
                                   graph_error=graph_error, gbps=round(gbps, 1),
                                   copy_fraction=round(gbps / copy_gbps, 3), peak_mib=round(peak, 1),
@@ -259,13 +241,13 @@ def run_gpu(args) -> int:
                             r[f"graph_speedup_vs_{base}"] = round(by_provider[base]["graph_ms"] / r["graph_ms"], 3)
             rows += group
             if not args.no_save:
-                append_rows(group, args.results)
+                common.append_rows(args.results / ROWS_FILE, group)  # as measured: a run cut short keeps them
             del logits, pool, grad
             torch.cuda.empty_cache()
     print_table([r for r in rows if r["mode"] != "check"])
     check_goals(rows)
     if not args.no_save:
-        print(f"{len(rows)} rows appended to {args.results / 'bench_prompt_compose.jsonl'}")
+        print(f"{len(rows)} rows appended to {args.results / ROWS_FILE}")
         plot(rows, args.results)
     return 1 if failures else 0
 
@@ -298,14 +280,6 @@ def check_goals(rows):
         met = (r.get("speedup_vs_eager", 0) >= GOALS["vs_eager"] and r.get("speedup_vs_compile", 0) >= GOALS["vs_compile"]
                and r["copy_fraction"] >= GOALS["copy_fraction"])
         print(f"goal D={r['D']}: {'MET' if met else 'NOT MET'}: " + ", ".join(verdicts))
-
-
-def append_rows(rows, results: Path) -> None:
-    """Rows go out as they are measured: a run cut short keeps what it measured."""
-    results.mkdir(parents=True, exist_ok=True)
-    with (results / "bench_prompt_compose.jsonl").open("a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
 
 
 def plot(rows, results: Path) -> None:

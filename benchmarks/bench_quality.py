@@ -47,24 +47,23 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from peapod_scale.atomic_files import write_text_atomic
-from peapod_scale.text_metrics import ROUGE_NOTE
+from peapod_scale.tools.atomic_files import write_text_atomic
+from peapod_scale.eval.text_metrics import ROUGE_NOTE
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+import common
+
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 TASKS = ("sequential", "topn", "explanation")
 METHODS = ("model", "popularity", "transitions", "next_ids")
 EXPLANATION_METRICS = ("BLEU-1", "BLEU-4", "ROUGE-1/papers", "ROUGE-2/papers", "ROUGE-L/papers",
                        "ROUGE-1/standard", "ROUGE-2/standard", "ROUGE-L/standard")
-SHARED = REPO.parent / "shared" / "data"
+SHARED = common.REPO.parent / "shared" / "data"
 # every dataset's flags: the demo's (scripts/demo.sh) as the recorded Beauty runs had them (70 warm-up; ml-100k
 # takes the demo's 60 below); the dataset's "train" flags and --train-args follow them, a later flag wins
 BASE_TRAIN_ARGS = "--dropout 0 --micro-batch-size 128 --lr 2e-3 --warmup-steps 70 --task-weights sequential=2,topn=1"
@@ -100,7 +99,7 @@ def _sh(cmd: list[str], log: Path, env: dict | None = None) -> float:
     start = time.time()
     log.parent.mkdir(parents=True, exist_ok=True)  # --work may not exist yet
     with open(log, "w") as out:
-        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=common.REPO, env=env)
     if code != 0:
         sys.exit(f"bench_quality: {shlex.join(cmd)} exited {code}; see {log}")
     return time.time() - start
@@ -119,10 +118,10 @@ def prepare(args, item_index: str) -> Path:
 
 def next_id_metrics(data: Path, split: str, limit: int | None, seed: int) -> dict:
     """The "last id + k" heuristic on the rows the model was evaluated on."""
-    from peapod_scale import metrics
-    from peapod_scale.baselines import NextIds
-    from peapod_scale.data.stream import read_manifest, read_rows
-    from peapod_scale.evaluation import baseline_ranks, spread_rows
+    from peapod_scale.eval import ranking_metrics as metrics
+    from peapod_scale.eval.baselines import NextIds
+    from peapod_scale.data.dataset import read_manifest, read_rows
+    from peapod_scale.eval.evaluate import baseline_ranks, spread_rows
 
     manifest = read_manifest(data)
     rows = spread_rows(read_rows(data, manifest, split), limit)
@@ -138,10 +137,10 @@ def all_user_baselines(data: Path, split: str, seed: int) -> dict:
     HR@10 of all 22,363 (.0320 against .0660), and with P5's own item ids, numbered by first appearance over the
     users in order, "last id + 1" scores .1197 on them against .0308 on all.
     """
-    from peapod_scale import metrics
-    from peapod_scale.baselines import NextIds, Popularity, Transitions
-    from peapod_scale.data.stream import read_manifest, read_rows
-    from peapod_scale.evaluation import baseline_ranks, training_sequences
+    from peapod_scale.eval import ranking_metrics as metrics
+    from peapod_scale.eval.baselines import NextIds, Popularity, Transitions
+    from peapod_scale.data.dataset import read_manifest, read_rows
+    from peapod_scale.eval.evaluate import baseline_ranks, training_sequences
 
     manifest = read_manifest(data)
     rows = read_rows(data, manifest, split)
@@ -163,9 +162,9 @@ def explanation_baselines(data: Path, split: str, limit: int | None) -> dict:
 
     import pyarrow.parquet as pq
 
-    from peapod_scale.data.stream import read_manifest, read_rows, split_files
-    from peapod_scale.evaluation import spread_rows
-    from peapod_scale.text_metrics import explanation_metrics
+    from peapod_scale.data.dataset import read_manifest, read_rows, split_files
+    from peapod_scale.eval.evaluate import spread_rows
+    from peapod_scale.eval.text_metrics import explanation_metrics
 
     manifest = read_manifest(data)
     train = [row for path in split_files(data, manifest, "train_explanation")
@@ -190,7 +189,7 @@ def train_flags(args) -> str:
 
 def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_id: str) -> dict:
     out = Path(args.work) / run_id / f"{item_index}-{user_prompt}"
-    cmd = ["deepspeed", "--num_gpus", str(args.nproc), "--master_port", str(_free_port()), "peapod_scale/train.py", "--data", str(data),
+    cmd = ["deepspeed", "--num_gpus", str(args.nproc), "--master_port", str(common.free_port()), "peapod_scale/train.py", "--data", str(data),
            "--output", str(out), "--resume", "none", "--overwrite", "--deepspeed", "ds_configs/z2.json",
            "--arch", args.arch, "--max-steps", str(args.steps), "--user-prompt", user_prompt,
            "--eval-split", args.split, "--save-every", "1000000", "--seed", str(args.seed)]
@@ -205,7 +204,7 @@ def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_
         results[task]["next_ids"] = heuristic[task]
     if results.get("explanation", {}).get("model"):
         results["explanation"].update(explanation_baselines(data, args.split, args.limit))
-    from peapod_scale.data.stream import read_manifest
+    from peapod_scale.data.dataset import read_manifest
 
     return {"item_index": item_index, "user_prompt": user_prompt, "wall_s": round(wall, 1), "run_dir": str(out),
             "topn_candidates": 1 + read_manifest(data)["num_negatives"],
@@ -213,30 +212,6 @@ def train_and_evaluate(args, data: Path, item_index: str, user_prompt: str, run_
             "explanation_rows": results.get("explanation_rows"),
             "baselines_all_users": all_user_baselines(data, args.split, args.seed) if args.limit else None,
             "invalid_answers": results.get("invalid_answers"), "constrained": results.get("constrained")}
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-    return {p: md.version(p) for p in ("torch", "deepspeed", "transformers") if _installed(p)}
-
-
-def _installed(name: str) -> bool:
-    import importlib.util
-    return importlib.util.find_spec(name) is not None
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def markdown(rows: list[dict], dataset: str) -> str:
@@ -324,7 +299,7 @@ def curves(rows: list[dict], path: Path) -> None:
         print("the runs' folders are gone: no training curves")
         return
     try:
-        from peapod_scale.report import report as training_report
+        from peapod_scale.tools.run_report import report as training_report
         print(f"training curves: {training_report(run_dirs, path)}")
     except ImportError as missing:
         print(f"no training curves ({missing}; pip install matplotlib)")
@@ -333,10 +308,10 @@ def curves(rows: list[dict], path: Path) -> None:
 def report(rows: list[dict], run_id: str, dataset: str) -> None:
     text = markdown(rows, dataset)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS / f"bench_quality_{run_id}.md", text)
-    plot(rows, RESULTS / f"bench_quality_{run_id}.png")
-    curves(rows, RESULTS / f"bench_quality_{run_id}_curves")
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(common.RESULTS / f"bench_quality_{run_id}.md", text)
+    plot(rows, common.RESULTS / f"bench_quality_{run_id}.png")
+    curves(rows, common.RESULTS / f"bench_quality_{run_id}_curves")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -363,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="reprint the table and plots of earlier runs (several: merged into one table, saved "
                              "under their ids joined by '+')")
     args = parser.parse_args(argv)
-    log = RESULTS / "bench_quality.jsonl"
+    log = common.RESULTS / "bench_quality.jsonl"
     if args.report:
         all_rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
         rows = [row for run_id in args.report for row in all_rows if row["run_id"] == run_id]
@@ -380,19 +355,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.dataset == "beauty" and not (Path(args.input) / "sequential_data.txt").exists():
         sys.exit(f"bench_quality: error: {args.input} has no sequential_data.txt (P5 Beauty); pass --input")
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    common = {"run_id": run_id, "dataset": args.dataset, "steps": args.steps, "arch": args.arch,
+    machine, versions = common.machine(), common.versions("deepspeed", "transformers")
+    python = versions.pop("python")  # a field of its own in this script's rows
+    shared = {"run_id": run_id, "dataset": args.dataset, "steps": args.steps, "arch": args.arch,
               "split": args.split, "limit": args.limit, "limit_rows": "spread", "train_args": train_flags(args),
-              "machine": {"host": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg()[0]},
-              "versions": _versions(), "commit": _commit(), "python": platform.python_version()}
+              "machine": {"host": machine["host"], "cpus": machine["cpus"], "load": machine["load_1min"]},
+              "versions": versions, "commit": common.commit(), "python": python}
     rows = []
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for item_index in args.item_index:
         data = prepare(args, item_index)
         for user_prompt in args.user_prompt:
-            row = {**common, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            row = {**shared, "date": common.now_utc(),
                    **train_and_evaluate(args, data, item_index, user_prompt, run_id)}
-            with open(log, "a") as out:
-                out.write(json.dumps(row) + "\n")
+            common.append_rows(log, [row])
             rows.append(row)
             print(f"{item_index}/{user_prompt}: {row['wall_s']} s, sequential HR@10 "
                   f"{row['metrics']['sequential']['model']['HR@10']:.4f}, top-N HR@10 "

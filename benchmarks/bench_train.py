@@ -38,7 +38,7 @@ all-gather of the updated partitions. Their difference, next to DDP's step time,
 from the collectives alone on that backend (the goal lines print it).
 
 Memory (``memory_child``): the trainer's engine (``Trainer``, as ``peapod-scale train`` builds it) runs
-``--memory-steps`` steps on 2 ranks with ``peapod_scale.memory_census.StepProbes`` taking censuses of its
+``--memory-steps`` steps on 2 ranks with ``peapod_scale.tools.memory_census.StepProbes`` taking censuses of its
 tensors inside the step; the peak model state per rank (parameters, gradients, master weights, moments,
 DeepSpeed's buckets and copies) is shown beside the ZeRO paper's formula and ``estimate.deepspeed_model_states``
 for the same config (on CPU, so without the foreach temporaries a GPU's torch AdamW adds), in bf16 (DeepSpeed's
@@ -55,7 +55,6 @@ benchmarks/results/bench_train_<run_id>.md and .png (matplotlib).
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
@@ -69,8 +68,8 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"  # default --results
+import common
+
 ROWS_FILE = "bench_train.jsonl"
 CONFIGS = ["ddp", "z0", "z1", "z2", "z3", "z3_offload"]
 MEMORY_CONFIGS = ["z0", "z1", "z2", "z3", "z3_offload"]
@@ -113,8 +112,8 @@ def _start_child(argv: list[str]):
     import torch
     import torch.distributed as dist
 
-    from peapod_scale import distributed
-    from peapod_scale.config import parse_train_config
+    from peapod_scale.distributed import ranks as distributed
+    from peapod_scale.config.train import parse_train_config
 
     own, train_args = _split_child_args(argv)
     cfg = parse_train_config(train_args)
@@ -135,15 +134,16 @@ def ddp_child(argv: list[str]) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from peapod_scale import ds_config
-    from peapod_scale.config import TrainConfig
+    from peapod_scale.distributed import ds_config
+    from peapod_scale.config.train import TrainConfig
     from peapod_scale.data.batches import TaskBatcher
-    from peapod_scale.data.stream import read_manifest, task_stream
+    from peapod_scale.data.dataset import read_manifest, task_stream
     from peapod_scale.data.tasks import parse_task_weights
     from peapod_scale.data.tokenizer import load_codec
-    from peapod_scale.model.build import build_model, optimizer_groups
-    from peapod_scale.throughput import StepMeter, device_peak_flops, flop_counter
-    from peapod_scale.trainer import warmup_cosine
+    from peapod_scale.model.build import build_model
+    from peapod_scale.training.optimizer import optimizer_groups
+    from peapod_scale.training.metrics import StepMeter, device_peak_flops, flop_counter
+    from peapod_scale.training.lr_schedule import warmup_cosine
 
     own, cfg, info, device = _start_child(argv)
     cuda = device.type == "cuda"
@@ -237,10 +237,11 @@ def memory_child(argv: list[str]) -> None:
 
     import torch
 
-    from peapod_scale import ds_config, estimate
-    from peapod_scale.config import parse_train_config
-    from peapod_scale.memory_census import measure_steps
-    from peapod_scale.trainer import Trainer
+    from peapod_scale.distributed import ds_config
+    from peapod_scale.tools import memory_estimate as estimate
+    from peapod_scale.config.train import parse_train_config
+    from peapod_scale.tools.memory_census import measure_steps
+    from peapod_scale.training.trainer import Trainer
 
     own, train_args = _split_child_args(argv)
     cfg = parse_train_config(train_args)
@@ -271,7 +272,7 @@ def collectives_child(argv: list[str]) -> None:
     import torch
     import torch.distributed as dist
 
-    from peapod_scale.data.stream import read_manifest
+    from peapod_scale.data.dataset import read_manifest
     from peapod_scale.data.tokenizer import load_codec
     from peapod_scale.model.build import build_model
 
@@ -323,33 +324,16 @@ CHILDREN = {"_ddp": ddp_child, "_memory": memory_child, "_collectives": collecti
 # the parent: runs, rows, tables
 # ----------------------------------------------------------------------------------------------
 
-def export_code(ref: str, scratch: Path) -> Path:
-    """``ref``'s peapod_scale/ with kernels/ and ds_configs/ laid out as the installed package has them."""
-    target = scratch / "code"
-    (target / "peapod_scale").mkdir(parents=True, exist_ok=True)
-    for folder, inside in (("peapod_scale", target), ("kernels", target / "peapod_scale"),
-                           ("ds_configs", target / "peapod_scale")):
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, folder], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(inside)], input=archive.stdout, check=True)
-    return target
-
-
 def commit_of(ref: str) -> str:
-    text = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s", "HEAD" if ref == "worktree" else ref],
-                          capture_output=True, text=True, check=False).stdout.strip()[:100]
-    if ref == "worktree" and subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "peapod_scale",
-                                             "kernels", "ds_configs"], capture_output=True, text=True).stdout.strip():
+    """The commit measured and its subject, which the report's header names; ``+ uncommitted edits`` when
+    ``--code worktree`` runs edits of the package's folders. ``PEAPOD_COMMIT`` names it in a copy without .git
+    (the GPU check's), by ``common.commit``'s rule; such a copy has no subject to add."""
+    rev = "HEAD" if ref == "worktree" else ref
+    subject = common.git("log", "-1", "--format=%s", rev)
+    text = f"{common.commit(rev)} {subject}"[:100] if subject else common.commit(rev)
+    if ref == "worktree" and common.differs(common.CODE):
         text += " + uncommitted edits"
-    return text or os.environ.get("PEAPOD_COMMIT", "unknown")  # a copy without .git (the GPU check's)
-
-
-def versions() -> dict:
-    import deepspeed
-    import torch
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-            "transformers": transformers.__version__}
+    return text
 
 
 class Bench:
@@ -363,15 +347,15 @@ class Bench:
                     "PYTHONUNBUFFERED": "1"}
         if not args.gpu:
             self.env["DS_ACCELERATOR"] = "cpu"
-        from peapod_scale.host_memory import use_huge_pages
+        from peapod_scale.tools.host_memory import use_huge_pages
 
         use_huge_pages(self.env)  # the trainer's ranks set it themselves: the DDP loop runs under the same
         if args.code != "worktree":
-            code = export_code(args.code, self.scratch)
+            code = common.export_code(args.code, self.scratch)
             self.env["PYTHONPATH"] = os.pathsep.join([str(code), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         self.commit = commit_of(args.code)
-        self.versions = versions()
-        z0 = json.loads((REPO / "ds_configs" / "z1.json").read_text())
+        self.versions = common.versions("deepspeed", "transformers")
+        z0 = json.loads((common.REPO / "ds_configs" / "z1.json").read_text())
         z0["zero_optimization"] = {**z0.get("zero_optimization", {}), "stage": 0}
         (self.scratch / "z0.json").write_text(json.dumps(z0))
 
@@ -380,15 +364,14 @@ class Bench:
         return {"z0": str(self.scratch / "z0.json"), "ddp": "z2", **self.extra}.get(config, config)
 
     def record(self, row: dict, load: float) -> dict:
+        machine = common.machine(load)
         row = {**row, "run_id": self.run_id, "commit": self.commit, "code": self.args.code, "versions": self.versions,
-               "machine": {"node": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                           "load_1min": load},
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+               "machine": {"node": machine["host"], "cpus": machine["cpus"], "platform": machine["platform"],
+                           "load_1min": machine["load_1min"]},
+               "date": common.now_utc()}
         self.rows.append(row)
         if not self.args.no_save:
-            self.args.results.mkdir(parents=True, exist_ok=True)
-            with open(self.args.results / ROWS_FILE, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+            common.append_rows(self.args.results / ROWS_FILE, [row])
         return row
 
     def train_args(self, arch: str, precision: str, config: str) -> list[str]:
@@ -506,7 +489,7 @@ def tensorboard_windows(run_dir: Path) -> list[dict]:
 
 def estimate_for(row: dict) -> dict:
     """The paper's formula and the estimate for a memory row's model, config and world size (per rank, CPU run)."""
-    from peapod_scale import estimate
+    from peapod_scale.tools import memory_estimate as estimate
 
     shape = estimate.ModelShape(**{k: tuple(map(tuple, v)) if k == "group_sizes" else tuple(v) if k == "param_sizes"
                                    else v for k, v in row["shape"].items()})
@@ -744,7 +727,7 @@ def plot(rows: list[dict], path: Path) -> str:
     return f"plot: {path}"
 
 
-def report(rows: list[dict], save: bool, results: Path = RESULTS) -> None:
+def report(rows: list[dict], save: bool, results: Path = common.RESULTS) -> None:
     run_id = rows[0]["run_id"]
     head = rows[0]
     lines = [f"# bench_train run {run_id}", "",
@@ -795,7 +778,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--gpu", action="store_true", help="let the runs use CUDA (default: DS_ACCELERATOR=cpu)")
     parser.add_argument("--code", default="HEAD", help="git ref measured (exported), or 'worktree' (default: HEAD)")
-    parser.add_argument("--results", default=str(RESULTS),
+    parser.add_argument("--results", default=str(common.RESULTS),
                         help="folder for the JSON rows, tables and plot (default: benchmarks/results)")
     parser.add_argument("--no-save", action="store_true", help="print only: no rows, table or plot files")
     parser.add_argument("--report", metavar="RUN_ID", help="reprint an earlier run's tables (and plot) from the rows")

@@ -5,9 +5,10 @@
 ``values`` is a shared pool ``[M, L, D]`` (PeaPOD's seed variant) or per-sample ``[B, M, L, D]``.
 Head h owns the h-th D/H slice of the width.
 
-This file holds the plain torch reference (the ground truth and the CPU default), the
-``torch.autograd.Function`` around the Triton kernels, and ``compose``, which picks one at run time.
-The kernels and their launch plan are in ``triton_compose.py``.
+This file holds the plain torch reference (the ground truth and the CPU default), the self-test that
+holds the kernels against it once per device and dtypes, the ``torch.autograd.Function`` around the Triton
+kernels, and ``compose``, which picks one at run time. The kernels and their launch plan are in
+``triton_compose.py``; what else can stop them (no triton, no host compiler, no GPU) in ``triton_support.py``.
 
 Per-sample values keep the reference path, in both directions. There is nothing to share across the
 batch there: every value element is read once and used once (a batched mat-vec over a
@@ -18,11 +19,14 @@ save the reference's fp32 up-cast. ``backend="auto"`` routes them to the referen
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from .triton_compose import FLOAT_DTYPES, MAX_POOL_SIZE_TRITON, launch_backward, launch_forward
-from .triton_support import use_triton
+from .triton_support import TritonUnavailableError, environment_problem, one_line
 
 
 def _check_shapes(logits: torch.Tensor, values: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -52,6 +56,61 @@ def compose_reference(logits: torch.Tensor, values: torch.Tensor, tau: float | t
     else:
         out = torch.einsum("bhm,bmlhd->blhd", weights, head_values)
     return out.reshape(batch, length, width).to(values.dtype)
+
+
+# -- can the kernels run here? Found out by trying, once per device and dtypes (see triton_support.py) --------------
+
+def _self_test_problem(device: torch.device, logits_dtype: torch.dtype, values_dtype: torch.dtype) -> str | None:
+    """Forward and backward on tiny inputs, against the reference (its own generator: the global RNG
+    stream, which training and its resume depend on, is not touched)."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 3, generator=gen).to(device, logits_dtype)
+    pool = torch.randn(3, 2, 32, generator=gen).to(device, values_dtype)
+    grad = torch.randn(2, 2, 32, generator=gen).to(device, values_dtype)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    try:
+        got = [launch_forward(logits, pool, 1.0), *launch_backward(logits, pool, 1.0, grad, need_pool=True)[:2]]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as error:  # noqa: BLE001 - compile or launch failures are the answer
+        return f"the kernels do not compile or run on {where} ({one_line(error)})"
+    leaves = [logits.detach().requires_grad_(), pool.detach().requires_grad_()]
+    want_out = compose_reference(*leaves, 1.0)
+    want_out.backward(grad)
+    tolerance = 1e-4 if values_dtype == logits_dtype == torch.float32 else 3e-2
+    for name, g, w in zip(("output", "dlogits", "dpool"), got, (want_out.detach(), leaves[0].grad, leaves[1].grad)):
+        error = float((g.float() - w.float()).abs().max()) / max(float(w.float().abs().max()), 1e-6)
+        if not error <= tolerance:
+            return f"the kernels give wrong results on {where} ({name}: relative error {error:.1e})"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def triton_problem(device: torch.device, logits_dtype: torch.dtype = torch.float32,
+                   values_dtype: torch.dtype = torch.float32) -> str | None:
+    """Why the Triton path cannot run on ``device`` for these dtypes, or None when it can."""
+    device = torch.device(device)
+    return environment_problem(device) or _self_test_problem(device, logits_dtype, values_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def use_triton(backend: str, device: torch.device, logits_dtype: torch.dtype = torch.float32,
+               values_dtype: torch.dtype = torch.float32) -> bool:
+    """For ``backend='auto'``: whether the kernels can run (else one warning, and the reference is used).
+    For ``backend='triton'``: True, or ``TritonUnavailableError`` saying what to fix."""
+    problem = triton_problem(torch.device(device), logits_dtype, values_dtype)
+    if problem is None:
+        return True
+    if backend == "triton":
+        raise TritonUnavailableError(f"--compose triton cannot run on {device}: {problem} (or choose --compose auto "
+                                     "or torch)")
+    _warn_once(f"compose: the Triton kernels cannot run on {device} ({problem}); using the torch reference "
+               "(--compose torch chooses it without this check)")
+    return False
 
 
 def _check_triton(logits: torch.Tensor, pool: torch.Tensor, tau) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
+import json
 
 TRAIN_LAUNCH_HELP = """\
 `peapod-scale train` runs ONE process unless --nproc-per-node N > 1, in which case it starts N ranks on
@@ -16,7 +18,8 @@ always runs as the rank the launcher made. These are equivalent on this machine:
 
 
 def _train(argv: list[str]) -> int:
-    from .config import build_parser
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.config.train import build_parser
 
     parser = build_parser()
     parser.epilog = TRAIN_LAUNCH_HELP
@@ -29,14 +32,14 @@ def _train(argv: list[str]) -> int:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={args.nproc_per_node}", "-m", "peapod_scale.train", *forwarded]
         os.execv(sys.executable, command)
-    from .train import main as train_main
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.train import main as train_main
 
     return train_main(forwarded)
 
 
 def _evaluate(argv: list[str]) -> int:
-    from pathlib import Path
-
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
     import torch
 
     parser = argparse.ArgumentParser(prog="peapod-scale evaluate",
@@ -62,12 +65,13 @@ def _evaluate(argv: list[str]) -> int:
                              "evaluation used it (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    from .data.stream import read_manifest
-    from .data.tokenizer import TextCodec
-    from .distributed import setup_inference
-    from .atomic_files import write_json_atomic
-    from .evaluation import evaluate, format_table
-    from .inference import load_model
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.data.dataset import read_manifest
+    from peapod_scale.data.tokenizer import TextCodec
+    from peapod_scale.distributed.ranks import setup_inference
+    from peapod_scale.tools.atomic_files import write_json_atomic
+    from peapod_scale.eval.evaluate import evaluate, format_table
+    from peapod_scale.inference.load import load_model
 
     info = setup_inference()  # under a launcher: users sharded over the ranks, results gathered
 
@@ -96,10 +100,9 @@ def _evaluate(argv: list[str]) -> int:
 def run_settings(run_dir) -> dict:
     """The training options a run was started with (its config.json, or the copy an export keeps as
     run_config.json), {} for a folder without either."""
-    import json
-    from pathlib import Path
 
-    from .export import RUN_CONFIG
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.inference.export import RUN_CONFIG
 
     for name in ("config.json", RUN_CONFIG):
         config = Path(run_dir) / name
@@ -109,7 +112,8 @@ def run_settings(run_dir) -> dict:
 
 
 def _prepare(argv: list[str]) -> int:
-    from .data.prepare import add_prepare_arguments, run_prepare
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.data.prepare.dataset import add_prepare_arguments, run_prepare
 
     parser = argparse.ArgumentParser(prog="peapod-scale prepare",
                                      description="Validate raw interactions, split leave-one-out, write Parquet shards.")
@@ -119,7 +123,8 @@ def _prepare(argv: list[str]) -> int:
 
 
 def _estimate(argv: list[str]) -> int:
-    from .estimate import add_arguments, report
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.tools.memory_estimate import add_arguments, report
 
     parser = argparse.ArgumentParser(prog="peapod-scale estimate",
                                      description="Per-GPU memory of a training job (ZeRO model states, activations) "
@@ -130,7 +135,8 @@ def _estimate(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    from .export import export
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.inference.export import export
 
     parser = argparse.ArgumentParser(prog="peapod-scale export",
                                      description="Consolidate a run's ZeRO checkpoint (any stage) into a Hugging Face-format "
@@ -147,8 +153,6 @@ def _export(argv: list[str]) -> int:
 
 
 def _recommend(argv: list[str]) -> int:
-    from pathlib import Path
-
     parser = argparse.ArgumentParser(prog="peapod-scale recommend",
                                      description="Top-k next items for one user (original ids in and out).")
     parser.add_argument("--model", required=True, help="model folder (a run's model/, or one written by `export`)")
@@ -162,9 +166,10 @@ def _recommend(argv: list[str]) -> int:
                              "evaluation used it (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    from .data.tokenizer import TextCodec
-    from .inference import load_model
-    from .recommend import recommend
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.data.tokenizer import TextCodec
+    from peapod_scale.inference.load import load_model
+    from peapod_scale.inference.recommend import recommend
 
     model, model_dir = load_model(args.model, args.dtype)
     items, filled = recommend(model, TextCodec.from_file(model_dir / "tokenizer.json"), args.data, args.user, args.k,
@@ -178,9 +183,8 @@ def _recommend(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    from pathlib import Path
-
-    from .report import add_arguments, report
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.tools.run_report import add_arguments, report
 
     parser = argparse.ArgumentParser(prog="peapod-scale report",
                                      description="Training curves (per-task loss, lr, throughput, validation) and final "
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n`peapod-scale COMMAND --help` lists a command's options.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, _ = COMMANDS[argv[0]]
-    from .log import setup_cli_logging
+    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
+    from peapod_scale.tools.log import setup_cli_logging
 
     setup_cli_logging()  # the `peapod_scale` logger writes through tqdm; library users configure their own
     try:

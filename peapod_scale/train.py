@@ -10,16 +10,16 @@ import sys
 import traceback
 from pathlib import Path
 
-from peapod_scale.host_memory import use_huge_pages
+from peapod_scale.tools.host_memory import use_huge_pages
 
 use_huge_pages()  # before torch allocates: every rank starts here (deepspeed, torchrun, srun, peapod-scale train)
 
 import torch
 
-from peapod_scale.config import parse_train_config
-from peapod_scale.log import setup_cli_logging
-from peapod_scale.preemption import EXIT_PREEMPTED, Preempted
-from peapod_scale.trainer import Trainer
+from peapod_scale.config.train import parse_train_config
+from peapod_scale.tools.log import setup_cli_logging
+from peapod_scale.training.preemption import EXIT_PREEMPTED, Preempted
+from peapod_scale.training.trainer import Trainer
 
 # what a user can fix from the message alone; anything else also leaves its traceback in the run folder
 _EXPECTED = (ValueError, OSError)

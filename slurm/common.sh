@@ -8,7 +8,7 @@
 #                   meeting in a c10d rendezvous on the first node; or srun: one srun task per rank, no
 #                   torchrun (MASTER_ADDR = first node, MASTER_PORT from the job id, ranks from SLURM_PROCID)
 #   NPROC_PER_NODE  ranks per node (default: the GPUs torch sees on the node, 1 on CPUs)
-#   RDZV_PORT       rendezvous / MASTER_PORT (default 15000 + job id % 20000, as peapod_scale.distributed)
+#   RDZV_PORT       rendezvous / MASTER_PORT (default 15000 + job id % 20000, as peapod_scale.distributed.ranks)
 #   DS_ACCELERATOR  cpu: train on CPUs on purpose, even where SLURM granted GPUs (the local test cluster)
 #   SHUTDOWN_TIMEOUT  seconds torchrun lets its ranks finish after forwarding a signal (default 480)
 
@@ -72,7 +72,7 @@ peapod_environment() {
   fi
 
   head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-  port="${RDZV_PORT:-$(( 15000 + SLURM_JOB_ID % 20000 ))}"  # = peapod_scale.distributed.job_port
+  port="${RDZV_PORT:-$(( 15000 + SLURM_JOB_ID % 20000 ))}"  # = peapod_scale.distributed.ranks.job_port
   restart="${SLURM_RESTART_COUNT:-0}"
 }
 

@@ -20,7 +20,7 @@
 #  - the shell that must requeue the job knows that a signal came, and logs when;
 #  - USR1 to the step: SLURM signals every process of a step, the data loader workers too; they
 #    inherit the trainer's recording handler for USR1 and are forked with SIGTERM blocked
-#    (peapod_scale/preemption.py), so a preempting scheduler's TERM does not kill them either;
+#    (peapod_scale/training/preemption.py), so a preempting scheduler's TERM does not kill them either;
 #  - torchrun forwards SIGUSR1 only when told (--signals-to-handle ...,SIGUSR1; by default USR1 kills
 #    it), then waits SHUTDOWN_TIMEOUT (480 s, below the 600 s lead, longer than a checkpoint save) for
 #    its ranks before it kills them. With LAUNCHER=srun the ranks get the signal straight from SLURM.
@@ -53,7 +53,7 @@ args=(--data "${DATA:-data/ml-100k}" --output "${RUN:-runs/$SLURM_JOB_NAME-$SLUR
 # is the one they name (a --output argument wins over RUN, as in train.py).
 run_dir=$(python - "${args[@]}" <<'PY'
 import sys
-from peapod_scale.config import build_parser
+from peapod_scale.config.train import build_parser
 
 parser = build_parser()
 parser.error = lambda message: sys.exit(f"peapod-scale train: error: {message}")

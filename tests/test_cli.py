@@ -38,7 +38,7 @@ def test_evaluate_names_a_missing_run_folder(tmp_path):
 def test_compose_triton_that_cannot_run_is_one_error_line_before_training(tmp_path):
     import os
 
-    from peapod_scale.data.prepare import prepare_dataset
+    from peapod_scale.data.prepare.dataset import prepare_dataset
 
     lines = [f"{u}\t{(u + k) % 15 + 1}\t4\t{100 * u + k}" for u in range(1, 9) for k in range(6)]
     (tmp_path / "u.data").write_text("\n".join(lines) + "\n")
@@ -68,7 +68,7 @@ def test_an_unknown_arch_is_refused_by_the_option_parser_and_help_lists_every_pr
 
 
 def test_constrained_decoding_is_on_by_default_and_can_be_turned_off():
-    from peapod_scale.config import parse_train_config
+    from peapod_scale.config.train import parse_train_config
 
     base = ["--data", "d", "--output", "o"]
     assert parse_train_config(base).constrained_decoding is True

@@ -5,9 +5,9 @@ The script's real run needs a CUDA GPU (its CPU dry run, GPU_CHECK_DRY_RUN=1, ta
 
 import os
 import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from peapod_scale.data.prepare import prepare_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 CONSTRAINTS = REPO / "scripts" / "constraints.txt"
 PYPI = "https://pypi.org/simple/"
 
@@ -67,37 +67,28 @@ def test_the_tested_set_has_the_hub_kernels_package_that_transformers_imports():
     assert importlib.metadata.packages_distributions().get("kernels") == ["kernels"]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("install-data")
-    lines = [f"{u}\t{(u + k) % 15 + 1}\t4\t{100 * u + k}" for u in range(1, 11) for k in range(6)]
-    (root / "u.data").write_text("\n".join(lines) + "\n")
-    prepare_dataset("movielens", str(root / "u.data"), str(root / "ds"), seed=0, num_negatives=4)
-    return root / "ds"
-
-
 def _train_args(dataset: Path, run_dir: Path) -> list[str]:
     return ["--data", str(dataset), "--output", str(run_dir), "--deepspeed", "ds_configs/z2.json", "--max-steps", "2",
             "--micro-batch-size", "4", "--eval-split", "none", "--topn-candidates", "3", "--log-every", "1"]
 
 
-def test_python_m_train_from_the_repository_root_imports_transformers_and_trains(dataset, tmp_path):
+def test_python_m_train_from_the_repository_root_imports_transformers_and_trains(tiny_movielens, tmp_path):
     env = _env(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(_free_port()))
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "peapod_scale.train", *_train_args(dataset, run_dir)], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "peapod_scale.train", *_train_args(tiny_movielens, run_dir)], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (run_dir / "model").is_dir()
 
 
-def test_the_slurm_rank_command_line_trains_on_two_ranks_from_the_repository_root(dataset, tmp_path):
+def test_the_slurm_rank_command_line_trains_on_two_ranks_from_the_repository_root(tiny_movielens, tmp_path):
     """What slurm/train.sh starts on every node (slurm/common.sh, LAUNCHER=torchrun), less srun."""
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
                "--max-restarts", "0", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
                "--no-python", "bash", "slurm/rank.sh", "python", "-m", "peapod_scale.train",
-               *_train_args(dataset, run_dir)]
+               *_train_args(tiny_movielens, run_dir)]
     env = _env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

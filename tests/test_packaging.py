@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from peapod_scale.data.prepare import prepare_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +24,20 @@ def installed(tmp_path_factory) -> Path:
     return root / "site"
 
 
-def test_an_installed_wheel_trains_with_a_shipped_config_by_name(installed, tmp_path):
-    lines = [f"{u}\t{(u + k) % 15 + 1}\t4\t{100 * u + k}" for u in range(1, 11) for k in range(6)]
-    (tmp_path / "u.data").write_text("\n".join(lines) + "\n")
-    prepare_dataset("movielens", str(tmp_path / "u.data"), str(tmp_path / "ds"), seed=0, num_negatives=4)
+def test_the_wheel_holds_every_module_of_the_package_and_the_kernels(installed):
+    shipped = {p.relative_to(installed / "peapod_scale").as_posix() for p in (installed / "peapod_scale").rglob("*.py")}
+    in_clone = {p.relative_to(REPO / "peapod_scale").as_posix() for p in (REPO / "peapod_scale").rglob("*.py")}
+    in_clone |= {f"kernels/{p.name}" for p in (REPO / "kernels").glob("*.py")}
+    assert in_clone - shipped == set()
+
+
+def test_an_installed_wheel_trains_with_a_shipped_config_by_name(installed, tiny_movielens, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(installed), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
            "TOKENIZERS_PARALLELISM": "false"}
     where = subprocess.run([sys.executable, "-c", "import peapod_scale; print(peapod_scale.__file__)"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, check=True).stdout
     assert where.startswith(str(installed)), where  # the wheel's copy, not the clone's
-    result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "train", "--data", "ds", "--output", "run",
+    result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "train", "--data", str(tiny_movielens), "--output", "run",
                              "--deepspeed", "z2", "--max-steps", "2", "--micro-batch-size", "4", "--eval-split", "none",
                              "--topn-candidates", "3"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -43,7 +47,7 @@ def test_an_installed_wheel_trains_with_a_shipped_config_by_name(installed, tmp_
 
 
 def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path):
-    from peapod_scale import ds_config
+    from peapod_scale.distributed import ds_config
 
     with pytest.raises(FileNotFoundError, match="z1, z2, z3, z3_offload"):
         ds_config.locate("z9")

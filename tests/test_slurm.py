@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 pytestmark = pytest.mark.distributed
 
 MAX_STEPS = 24

@@ -11,9 +11,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from peapod_scale.data.prepare import prepare_dataset
+from peapod_scale.data.prepare.dataset import prepare_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 pytestmark = pytest.mark.distributed
 
 
@@ -238,7 +239,7 @@ def test_export_consolidates_the_zero2_checkpoint_to_a_model_with_the_same_metri
 def test_export_of_a_zero3_checkpoint_equals_the_gathered_model(zero_runs, tmp_path):
     from safetensors.torch import load_file
 
-    from peapod_scale.export import export
+    from peapod_scale.inference.export import export
 
     exported = export(zero_runs["z3"], tmp_path / "z3", log=lambda message: None)
     for name in ("peapod_prompts.safetensors", "backbone/model.safetensors"):

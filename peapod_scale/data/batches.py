@@ -18,8 +18,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from . import templates
-from .tokenizer import TextCodec
+from peapod_scale.data import templates
+from peapod_scale.data.tokenizer import TextCodec
 
 Columns = Mapping[str, Sequence]
 

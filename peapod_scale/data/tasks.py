@@ -40,9 +40,9 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from . import templates
-from .batches import TaskBatcher
-from .reader import SAME_ON_RESUME, ShardStream, check_resumable
+from peapod_scale.data import templates
+from peapod_scale.data.batches import TaskBatcher
+from peapod_scale.data.shard_stream import SAME_ON_RESUME, ShardStream, check_resumable
 
 SOURCE_OF = {"sequential": "train", "topn": "train", "explanation": "train_explanation"}
 SOURCE_COLUMNS = {"train": ["user", "history", "target"], "train_explanation": ["user", "target", "explanation"]}

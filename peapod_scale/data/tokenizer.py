@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from . import templates
+from peapod_scale.data import templates
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 TOKENIZER_FILE = "tokenizer.json"
@@ -119,6 +119,7 @@ class TextCodec:
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str) -> "TextCodec":
+        # lazy: transformers takes seconds to import; only a pretrained tokenizer needs it
         from transformers import AutoTokenizer
 
         return cls(AutoTokenizer.from_pretrained(name_or_dir).backend_tokenizer)

@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 from transformers import T5ForConditionalGeneration
 
-from peapod_scale.config import TrainConfig
-from peapod_scale.data.user_similarity import read_neighbors, read_user_embeddings
+from peapod_scale.config.train import TrainConfig
+from peapod_scale.distributed.ds_config import engine_dtype
+from peapod_scale.data.prepare.user_similarity import read_neighbors, read_user_embeddings
 
-from .peapod import PeaPOD, PeaPODConfig
-from .presets import untie_lm_head
-from .zero import writable
+from peapod_scale.model.peapod import PeaPOD, PeaPODConfig
+from peapod_scale.model.presets import untie_lm_head
+from peapod_scale.model.zero import writable
 
 
 def prompt_config(cfg: TrainConfig, num_users: int) -> PeaPODConfig:
@@ -45,15 +46,6 @@ def freeze_backbone(model: PeaPOD) -> PeaPOD:
     return model
 
 
-def engine_dtype(ds_config: dict) -> torch.dtype:
-    """The dtype DeepSpeed keeps the module's parameters in for this config."""
-    if ds_config.get("bf16", {}).get("enabled"):
-        return torch.bfloat16
-    if ds_config.get("fp16", {}).get("enabled"):
-        return torch.float16
-    return torch.float32
-
-
 def _dataset_manifest(cfg: TrainConfig) -> dict:
     return json.loads((Path(cfg.data) / "manifest.json").read_text())
 
@@ -63,6 +55,7 @@ def _construction_context(ds_config: dict | None):
     is built, so no rank ever holds a whole flan-t5-xxl. Otherwise an ordinary construction."""
     if ds_config is None or int(ds_config.get("zero_optimization", {}).get("stage", 0)) != 3:
         return contextlib.nullcontext()
+    # lazy: deepspeed is needed to train and to read ZeRO checkpoints, not to evaluate or recommend
     import deepspeed
 
     return deepspeed.zero.Init(config_dict_or_path=ds_config)
@@ -108,40 +101,3 @@ def build_model(cfg: TrainConfig, num_users: int, vocab_size: int, ds_config: di
             model = PeaPOD.from_preset(cfg.arch, vocab_size, prompts, dropout_rate=cfg.dropout)
     load_user_side(model, cfg, neighbors)
     return freeze_backbone(model) if cfg.train == "prompts" else model
-
-
-def no_decay_names(model: torch.nn.Module) -> set[str]:
-    """Parameters kept out of weight decay, as Hugging Face's Trainer does: biases and norm weights.
-
-    Decaying a norm's gain pulls it towards 0, which rescales the layer's whole output; decay is meant
-    for the matrices."""
-    names = set()
-    for module_name, module in model.named_modules():
-        is_norm = isinstance(module, torch.nn.LayerNorm) or "LayerNorm" in type(module).__name__
-        for name, _ in module.named_parameters(recurse=False):
-            if is_norm or name == "bias":
-                names.add(f"{module_name}.{name}" if module_name else name)
-    return names
-
-
-def optimizer_groups(model: PeaPOD, lr: float, embedding_lr_scale: float, backbone_is_random: bool) -> list[dict]:
-    """Parameter groups: embedding tables that start random learn ``embedding_lr_scale`` times faster, and
-    biases and norm weights get no weight decay (the others the DeepSpeed config's).
-
-    Adam moves a weight by about ``lr`` per update, but a row of an embedding table is only updated
-    when its id occurs in a batch, and T5 initialises embeddings with std 1.0: at the body's learning
-    rate, user rows (a few hundred updates an epoch) barely leave their random start. Pretrained token
-    embeddings keep the body's rate.
-    """
-    fast_names = {"user_prompt.users.weight"} | ({"t5.shared.weight"} if backbone_is_random else set())
-    no_decay = no_decay_names(model)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    body = [p for n, p in trainable if n not in fast_names and n not in no_decay]
-    body_no_decay = [p for n, p in trainable if n not in fast_names and n in no_decay]
-    fast = [p for n, p in trainable if n in fast_names]
-    groups = [{"params": body, "lr": lr}]
-    if body_no_decay:
-        groups.append({"params": body_no_decay, "lr": lr, "weight_decay": 0.0})
-    if fast:
-        groups.append({"params": fast, "lr": lr * embedding_lr_scale})
-    return groups

@@ -16,9 +16,9 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from peapod_scale.data.templates import TASKS
 
-from .presets import new_backbone, preset_config, untie_lm_head
-from .user_prompt import NeighborUserPrompt, PoolUserPrompt
-from .zero import gathered, writable
+from peapod_scale.model.presets import new_backbone, preset_config, untie_lm_head
+from peapod_scale.model.user_prompt import NeighborUserPrompt, PoolUserPrompt
+from peapod_scale.model.zero import gathered, writable
 
 CONFIG_FILE = "peapod_config.json"
 PROMPT_WEIGHTS_FILE = "peapod_prompts.safetensors"
@@ -119,7 +119,7 @@ class PeaPOD(nn.Module):
         if constraint is not None:
             generate_kwargs["prefix_allowed_tokens_fn"] = constraint
         # Outside forward() no ZeRO-3 hook gathers PeaPOD's own parameter (submodules gather themselves);
-        # a collective: under ZeRO-3 every rank generates in lock-step (evaluation.py).
+        # a collective: under ZeRO-3 every rank generates in lock-step (eval/evaluate.py).
         with gathered(self.task_prompts):
             embeds, mask = self.encoder_inputs(input_ids, attention_mask, whole_word_ids, user_ids, task_ids)
         encoded = self.t5.get_encoder()(inputs_embeds=embeds, attention_mask=mask)

@@ -16,8 +16,8 @@ from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.initialization import no_init_weights
 
-from .dimensions import DIMENSIONS, PRESETS
-from .zero import initialize_weights
+from peapod_scale.config.model_dimensions import DIMENSIONS, PRESETS
+from peapod_scale.model.zero import initialize_weights
 
 RELEASED_VOCAB_SIZE = 32128
 

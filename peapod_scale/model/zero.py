@@ -22,6 +22,7 @@ def gathered(*parameters: torch.Tensor):
     partitioned = [p for p in parameters if is_partitioned(p)]
     if not partitioned:
         return contextlib.nullcontext()
+    # lazy: deepspeed is needed to train and to read ZeRO checkpoints, not to evaluate or recommend
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
@@ -31,6 +32,7 @@ def writable(*parameters: torch.Tensor):
     partitioned = [p for p in parameters if is_partitioned(p)]
     if not partitioned:
         return contextlib.nullcontext()
+    # lazy: deepspeed is needed to train and to read ZeRO checkpoints, not to evaluate or recommend
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
