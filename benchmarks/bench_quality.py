@@ -53,8 +53,8 @@ import sys
 import time
 from pathlib import Path
 
-from peapod_scale.tools.atomic_files import write_text_atomic
 from peapod_scale.eval.text_metrics import ROUGE_NOTE
+from peapod_scale.tools.atomic_files import write_text_atomic
 
 import common
 
@@ -118,9 +118,9 @@ def prepare(args, item_index: str) -> Path:
 
 def next_id_metrics(data: Path, split: str, limit: int | None, seed: int) -> dict:
     """The "last id + k" heuristic on the rows the model was evaluated on."""
+    from peapod_scale.data.dataset import read_manifest, read_rows
     from peapod_scale.eval import ranking_metrics as metrics
     from peapod_scale.eval.baselines import NextIds
-    from peapod_scale.data.dataset import read_manifest, read_rows
     from peapod_scale.eval.evaluate import baseline_ranks, spread_rows
 
     manifest = read_manifest(data)
@@ -137,9 +137,9 @@ def all_user_baselines(data: Path, split: str, seed: int) -> dict:
     HR@10 of all 22,363 (.0320 against .0660), and with P5's own item ids, numbered by first appearance over the
     users in order, "last id + 1" scores .1197 on them against .0308 on all.
     """
+    from peapod_scale.data.dataset import read_manifest, read_rows
     from peapod_scale.eval import ranking_metrics as metrics
     from peapod_scale.eval.baselines import NextIds, Popularity, Transitions
-    from peapod_scale.data.dataset import read_manifest, read_rows
     from peapod_scale.eval.evaluate import baseline_ranks, training_sequences
 
     manifest = read_manifest(data)

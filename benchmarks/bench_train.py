@@ -112,8 +112,8 @@ def _start_child(argv: list[str]):
     import torch
     import torch.distributed as dist
 
-    from peapod_scale.distributed import ranks as distributed
     from peapod_scale.config.train import parse_train_config
+    from peapod_scale.distributed import ranks as distributed
 
     own, train_args = _split_child_args(argv)
     cfg = parse_train_config(train_args)
@@ -134,16 +134,16 @@ def ddp_child(argv: list[str]) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from peapod_scale.distributed import ds_config
     from peapod_scale.config.train import TrainConfig
     from peapod_scale.data.batches import TaskBatcher
     from peapod_scale.data.dataset import read_manifest, task_stream
     from peapod_scale.data.tasks import parse_task_weights
     from peapod_scale.data.tokenizer import load_codec
+    from peapod_scale.distributed import ds_config
     from peapod_scale.model.build import build_model
-    from peapod_scale.training.optimizer import optimizer_groups
-    from peapod_scale.training.metrics import StepMeter, device_peak_flops, flop_counter
     from peapod_scale.training.lr_schedule import warmup_cosine
+    from peapod_scale.training.metrics import StepMeter, device_peak_flops, flop_counter
+    from peapod_scale.training.optimizer import optimizer_groups
 
     own, cfg, info, device = _start_child(argv)
     cuda = device.type == "cuda"
@@ -237,10 +237,10 @@ def memory_child(argv: list[str]) -> None:
 
     import torch
 
-    from peapod_scale.distributed import ds_config
-    from peapod_scale.tools import memory_estimate as estimate
     from peapod_scale.config.train import parse_train_config
+    from peapod_scale.distributed import ds_config
     from peapod_scale.tools.memory_census import measure_steps
+    from peapod_scale.training import memory_estimate as estimate
     from peapod_scale.training.trainer import Trainer
 
     own, train_args = _split_child_args(argv)
@@ -489,7 +489,7 @@ def tensorboard_windows(run_dir: Path) -> list[dict]:
 
 def estimate_for(row: dict) -> dict:
     """The paper's formula and the estimate for a memory row's model, config and world size (per rank, CPU run)."""
-    from peapod_scale.tools import memory_estimate as estimate
+    from peapod_scale.training import memory_estimate as estimate
 
     shape = estimate.ModelShape(**{k: tuple(map(tuple, v)) if k == "group_sizes" else tuple(v) if k == "param_sizes"
                                    else v for k, v in row["shape"].items()})

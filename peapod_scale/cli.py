@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
-import json
+
+from peapod_scale.tools.run_dir import RUN_CONFIG, RunDir
 
 TRAIN_LAUNCH_HELP = """\
 `peapod-scale train` runs ONE process unless --nproc-per-node N > 1, in which case it starts N ranks on
@@ -69,9 +71,9 @@ def _evaluate(argv: list[str]) -> int:
     from peapod_scale.data.dataset import read_manifest
     from peapod_scale.data.tokenizer import TextCodec
     from peapod_scale.distributed.ranks import setup_inference
-    from peapod_scale.tools.atomic_files import write_json_atomic
     from peapod_scale.eval.evaluate import evaluate, format_table
     from peapod_scale.inference.load import load_model
+    from peapod_scale.tools.atomic_files import write_json_atomic
 
     info = setup_inference()  # under a launcher: users sharded over the ranks, results gathered
 
@@ -87,7 +89,7 @@ def _evaluate(argv: list[str]) -> int:
                        tasks=[t for t in args.tasks.split(",") if t], batch_size=args.batch_size,
                        num_beams=num_beams, seed=seed, limit=args.limit, constrained=constrained,
                        topn_history=run.get("topn_history", 0))  # the top-N prompts it was trained on
-    output = Path(args.output) if args.output else (run_dir / f"metrics_{args.split}.json")
+    output = Path(args.output) if args.output else RunDir(run_dir).metrics(args.split)
     if info.is_main:
         write_json_atomic(output, results)
         print(format_table(results))
@@ -101,11 +103,7 @@ def run_settings(run_dir) -> dict:
     """The training options a run was started with (its config.json, or the copy an export keeps as
     run_config.json), {} for a folder without either."""
 
-    # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
-    from peapod_scale.inference.export import RUN_CONFIG
-
-    for name in ("config.json", RUN_CONFIG):
-        config = Path(run_dir) / name
+    for config in (RunDir(run_dir).config, Path(run_dir) / RUN_CONFIG):
         if config.is_file():
             return json.loads(config.read_text()).get("train", {})
     return {}
@@ -124,7 +122,7 @@ def _prepare(argv: list[str]) -> int:
 
 def _estimate(argv: list[str]) -> int:
     # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
-    from peapod_scale.tools.memory_estimate import add_arguments, report
+    from peapod_scale.training.memory_estimate import add_arguments, report
 
     parser = argparse.ArgumentParser(prog="peapod-scale estimate",
                                      description="Per-GPU memory of a training job (ZeRO model states, activations) "

@@ -18,6 +18,7 @@ import torch
 
 from peapod_scale.config.train import parse_train_config
 from peapod_scale.tools.log import setup_cli_logging
+from peapod_scale.tools.run_dir import RunDir
 from peapod_scale.training.preemption import EXIT_PREEMPTED, Preempted
 from peapod_scale.training.trainer import Trainer
 
@@ -29,7 +30,7 @@ def _report(error: BaseException, rank: int, run_dir: Path | None) -> None:
     message = f"peapod-scale train: error: {error}" if isinstance(error, _EXPECTED) else \
         f"peapod-scale train: error: rank {rank}: {type(error).__name__}: {error}"
     if run_dir is not None and not isinstance(error, _EXPECTED) and run_dir.is_dir():
-        where = run_dir / f"traceback-rank{rank}.txt"
+        where = RunDir(run_dir).traceback(rank)
         where.write_text("".join(traceback.format_exception(error)))
         message += f" (traceback in {where})"
     print(message, file=sys.stderr)

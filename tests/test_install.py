@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-
 from helpers import REPO
 
 CONSTRAINTS = REPO / "scripts" / "constraints.txt"

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-
 from helpers import REPO
-
 
 
 @pytest.fixture(scope="module")

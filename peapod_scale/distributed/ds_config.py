@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import copy
 import json
+from importlib.resources import files
 from pathlib import Path
 
 import torch
-from importlib.resources import files
 
 from peapod_scale.distributed.ranks import use_cuda
-
 
 # fp16 needs a loss scale: dynamic, starting at 2^16 and halved on overflow (DeepSpeed's "loss_scale": 0).
 DYNAMIC_LOSS_SCALE = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,

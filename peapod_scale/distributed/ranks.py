@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 
 import torch
-import re
-import shutil
-import subprocess
 
 
 @dataclass(frozen=True)

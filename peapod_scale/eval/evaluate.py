@@ -21,17 +21,17 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from peapod_scale.eval import ranking_metrics as metrics
-from peapod_scale.eval import text_metrics
-from peapod_scale.distributed.ranks import HostCollectives
-from peapod_scale.tools.progress import progress_interval
-from peapod_scale.eval.generation_memory import RowLimit, device_budget, is_out_of_memory
-from peapod_scale.eval.baselines import Popularity, Transitions
 from peapod_scale.data.batches import TaskBatcher, evaluation_candidates
 from peapod_scale.data.dataset import read_rows, training_sequences
 from peapod_scale.data.templates import parse_item
 from peapod_scale.data.tokenizer import TextCodec
+from peapod_scale.distributed.ranks import HostCollectives
+from peapod_scale.eval import ranking_metrics as metrics
+from peapod_scale.eval import text_metrics
+from peapod_scale.eval.baselines import Popularity, Transitions
+from peapod_scale.eval.generation_memory import RowLimit, device_budget, is_out_of_memory
 from peapod_scale.model.constraints import AnswerConstraints
+from peapod_scale.tools.progress import progress_interval
 
 TOP_K = 10
 RANKING_TASKS = ("sequential", "topn")

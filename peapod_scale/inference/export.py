@@ -7,14 +7,16 @@ the weights come from ``checkpoints/<tag>``, merged from every rank's fp32 parti
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
+
 import torch
 
-from peapod_scale.training.checkpoint import verify_checkpoint
 from peapod_scale.data.tokenizer import TextCodec
 from peapod_scale.model.peapod import PeaPOD
+from peapod_scale.tools.atomic_files import replace_folder, temporary_name
+from peapod_scale.tools.run_dir import RUN_CONFIG, RunDir
+from peapod_scale.training.checkpoint import verify_checkpoint
 
 GIB = 2**30
 
@@ -38,7 +40,6 @@ def consolidation_bytes(checkpoint: Path, num_params: int) -> int:
 
 
 EXPORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
-RUN_CONFIG = "run_config.json"  # the run's config.json, kept beside an exported model
 
 
 def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=print, dtype: str = "fp32") -> Path:
@@ -46,11 +47,11 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=
     # lazy: deepspeed is needed to train and to read ZeRO checkpoints, not to evaluate or recommend
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    run_dir, output = Path(run_dir), Path(output)
-    model_dir = run_dir / "model"
+    paths, output = RunDir(run_dir), Path(output)
+    model_dir = paths.model
     if not (model_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{model_dir} (architecture and tokenizer of the run) not found")
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = paths.checkpoints
     tag = checkpoint_tag(checkpoints, tag)
     verify_checkpoint(checkpoints / tag)  # zero_to_fp32 unpickles without restrictions
     if dtype not in EXPORT_DTYPES:
@@ -68,13 +69,12 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=
     torch_dtype = getattr(torch, EXPORT_DTYPES[dtype])
     model = model.to(torch_dtype)
     model.t5.config.dtype = torch_dtype  # what from_pretrained(dtype="auto") will load it as
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(output)
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     TextCodec.from_file(model_dir / "tokenizer.json").save(tmp)
-    if (run_dir / "config.json").is_file():  # the run's options: `evaluate` of the export then scores as the run did
-        shutil.copyfile(run_dir / "config.json", tmp / RUN_CONFIG)
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(tmp, output)
+    if paths.config.is_file():  # the run's options: `evaluate` of the export then scores as the run did
+        shutil.copyfile(paths.config, tmp / RUN_CONFIG)
+    replace_folder(tmp, output)  # a model being served from `output` is swapped whole
     log(f"wrote {output} ({dtype}; load it with PeaPOD.from_pretrained or `peapod-scale evaluate --checkpoint {output}`)")
     return output

@@ -13,6 +13,7 @@ import torch
 
 from peapod_scale.distributed.ranks import use_cuda
 from peapod_scale.model.peapod import PeaPOD
+from peapod_scale.tools.run_dir import RunDir
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -20,7 +21,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def model_folder(path: str | Path) -> Path:
     """A run folder (its ``model/``) or a model folder itself."""
     path = Path(path)
-    return path / "model" if (path / "model").is_dir() else path
+    return RunDir(path).model if RunDir(path).model.is_dir() else path
 
 
 def inference_dtype(model_dir: str | Path, requested: str = "auto") -> torch.dtype:

@@ -13,11 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from peapod_scale.data.dataset import split_files
-from peapod_scale.eval.baselines import Popularity
 from peapod_scale.data.batches import TaskBatcher
-from peapod_scale.data.dataset import read_manifest, training_sequences
+from peapod_scale.data.dataset import read_manifest, split_files, training_sequences
 from peapod_scale.data.templates import parse_item
+from peapod_scale.eval.baselines import Popularity
 from peapod_scale.eval.evaluate import _max_answer_tokens
 
 HISTORY_LENGTH = 20  # items in the prompt, as in evaluation

@@ -10,9 +10,8 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 from peapod_scale.config.train import TrainConfig
-from peapod_scale.distributed.ds_config import engine_dtype
 from peapod_scale.data.prepare.user_similarity import read_neighbors, read_user_embeddings
-
+from peapod_scale.distributed.ds_config import engine_dtype
 from peapod_scale.model.peapod import PeaPOD, PeaPODConfig
 from peapod_scale.model.presets import untie_lm_head
 from peapod_scale.model.zero import writable

@@ -15,7 +15,6 @@ from transformers import T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from peapod_scale.data.templates import TASKS
-
 from peapod_scale.model.presets import new_backbone, preset_config, untie_lm_head
 from peapod_scale.model.user_prompt import NeighborUserPrompt, PoolUserPrompt
 from peapod_scale.model.zero import gathered, writable

@@ -1,4 +1,4 @@
-"""Files that are either absent, the old version or the whole new one: never half-written.
+"""Files and folders that are either absent, the old version or the whole new one: never half-written.
 
 A crash (kill -9, node failure, full disk) can stop a process at any byte of a write. Writing to a
 temporary name in the same folder, flushing it to disk and then ``os.replace``-ing it over the final
@@ -8,8 +8,11 @@ flushed too, so the rename itself survives a power loss.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 
@@ -45,3 +48,49 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, payload) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two names in one step (Linux renameat2 RENAME_EXCHANGE); False where the system or filesystem cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28, not Linux
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # e.g. a network filesystem: rename in two steps
+        return False
+    raise OSError(error, f"cannot exchange {a} and {b}: {os.strerror(error)}")
+
+
+def replace_folder(tmp: str | Path, final: str | Path) -> None:
+    """Put the finished folder ``tmp`` at ``final``, replacing what is there: complete or invisible.
+
+    A reader of ``final`` (``evaluate`` of a model being saved, a teammate's ``recommend``) sees the old folder
+    or the new one, never a mix and, where the filesystem can swap two names at once (Linux: ext4, xfs, btrfs,
+    tmpfs), never no folder. Elsewhere the old folder is moved aside just before the new one is renamed in. The
+    old folder is deleted last; a crash before that leaves it hidden beside ``final`` (``.NAME.old-PID``).
+    """
+    tmp, final = Path(tmp), Path(final)
+    fsync_path(tmp)
+    if not final.exists():
+        os.rename(tmp, final)
+    elif _exchange(tmp, final):
+        shutil.rmtree(tmp)  # the old folder, under the temporary name now
+    else:
+        aside = final.with_name(f".{final.name}.old-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(final, aside)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            os.rename(aside, final)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync_path(final.parent)

@@ -3,7 +3,7 @@
 The ZeRO formulas count parameters, gradients and optimizer states; DeepSpeed also allocates reduction
 buckets, flat copies for its collectives and fp32 gradient partitions, some only for part of a step.
 ``memory_estimate.py`` models all of them; this census is what it is checked against, on a real engine
-(``benchmarks/bench_train.py``, ``tests/tools/test_memory_estimate.py``).
+(``benchmarks/bench_train.py``, ``tests/training/test_memory_estimate.py``).
 
 A snapshot takes every tensor Python can reach (``gc.get_objects()``, which includes the locals of running
 frames), counts each storage once at its full size (a view and its base are one allocation; an allocator

@@ -8,9 +8,11 @@ the same axes, so that two settings can be compared by eye. matplotlib is needed
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 import shutil
+from pathlib import Path
+
+from peapod_scale.tools.atomic_files import replace_folder, temporary_name
+from peapod_scale.tools.run_dir import RunDir
 
 # (figure file, title, scalar tags drawn in it, y-axis label); a tag pattern ending in "/" means every tag under it
 FIGURES = [
@@ -26,7 +28,7 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     # lazy: tensorboard's reader takes a second to import; `report --help` needs none
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events_dir = run_dir / "tensorboard"
+    events_dir = RunDir(run_dir).tensorboard
     if not events_dir.is_dir():
         raise FileNotFoundError(f"{events_dir} not found: is {run_dir} a run folder written by `peapod-scale train`?")
     events = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})
@@ -105,19 +107,20 @@ def report(run_dirs: list[str | Path], output: str | Path) -> Path:
     runs = {name: read_scalars(r) for name, r in zip(names, run_dirs)}
     metrics = {}
     for name, r in zip(names, run_dirs):
-        path = r / "metrics_test.json"
+        path = RunDir(r).metrics("test")
         if path.is_file():
             metrics[name] = json.loads(path.read_text())
     output = Path(output)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(output)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     figures = _draw(runs, tmp)
     lines = ["# Training report", ""]
     lines += ["| run | steps | last loss/total | samples/s (last window) | peak memory GiB | world size | ZeRO | arch |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in zip(names, run_dirs):
         scalars = runs[name]
-        config = json.loads((r / "config.json").read_text()) if (r / "config.json").is_file() else {}
+        config = json.loads(RunDir(r).config.read_text()) if RunDir(r).config.is_file() else {}
         train = config.get("train", {})
         stage = config.get("deepspeed", {}).get("zero_optimization", {}).get("stage", "-")
         steps = max((points[-1][0] for points in scalars.values() if points), default=0)
@@ -130,10 +133,7 @@ def report(run_dirs: list[str | Path], output: str | Path) -> Path:
     for filename in figures:
         lines += [f"![{filename[:-4]}]({filename})", ""]
     (tmp / "report.md").write_text("\n".join(lines))
-    if output.exists():
-
-        shutil.rmtree(output)
-    os.replace(tmp, output)
+    replace_folder(tmp, output)
     return output / "report.md"
 
 

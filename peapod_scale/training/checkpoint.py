@@ -42,10 +42,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
-                                            UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+from deepspeed.checkpoint.constants import (
+    UNIVERSAL_CHECKPOINT_INFO,
+    UNIVERSAL_CHECKPOINT_VERSION_KEY,
+    UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+)
 
-from peapod_scale.tools.atomic_files import fsync_path, write_json_atomic, write_text_atomic
+from peapod_scale.tools.atomic_files import fsync_path, replace_folder, write_json_atomic, write_text_atomic
+from peapod_scale.tools.run_dir import RunDir
 
 META_FILE = "peapod_checkpoint.json"
 FORMAT_VERSION = 1
@@ -247,7 +251,7 @@ def _newest_complete(folder: Path, where: str) -> ResumePoint | None:
 
 def find_resume(resume: str, run_dir: Path, overwrite: bool) -> ResumePoint | None:
     """``--resume auto`` (newest complete checkpoint of RUN, or None), ``none`` (None) or a path."""
-    own = run_dir / "checkpoints"
+    own = RunDir(run_dir).checkpoints
     if resume == "none":
         existing = step_tags(own)
         if existing and not overwrite:
@@ -267,7 +271,7 @@ def find_resume(resume: str, run_dir: Path, overwrite: bool) -> ResumePoint | No
             raise ValueError(f"--resume {resume}: {own} also holds newer checkpoints ({', '.join(newer)}) that this "
                              "continuation would be mixed up with; move them away or continue the newest (--resume auto)")
         return ResumePoint(where, read_meta(where))
-    for folder in (where, where / "checkpoints"):
+    for folder in (where, RunDir(where).checkpoints):
         if step_tags(folder):
             return _newest_complete(folder, resume)
     raise ValueError(f"--resume {resume}: not a checkpoints folder, a run folder or a checkpoint tag folder "
@@ -276,10 +280,10 @@ def find_resume(resume: str, run_dir: Path, overwrite: bool) -> ResumePoint | No
 
 def clear_run(run_dir: Path) -> None:
     """``--resume none --overwrite``: remove what an earlier training wrote into the run folder."""
-    for name in ("checkpoints", "tensorboard", "model"):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
-    for pattern in ("best.json", "metrics_*.json", "train.log", "config.json"):
-        for path in run_dir.glob(pattern):
+    for path in RunDir(run_dir).written_by_training():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
             path.unlink()
 
 
@@ -432,16 +436,7 @@ class Checkpointer:
                     files[path.name] = path.stat().st_size
             write_json_atomic(tmp / META_FILE, {**meta, "format": FORMAT_VERSION, "tag": tag, "files": files,
                                                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-            fsync_path(tmp)
-            if final.exists():  # never overwritten in place: the old one is moved aside, then removed
-                aside = self.folder / f"{_TEMPORARY_PREFIX}replaced-{tag}"
-                shutil.rmtree(aside, ignore_errors=True)
-                os.rename(final, aside)
-                os.rename(tmp, final)
-                shutil.rmtree(aside, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
-            fsync_path(self.folder)
+            replace_folder(tmp, final)  # a tag saved again (a best checkpoint) is swapped whole, never edited in place
             if periodic:
                 self.point_latest(tag)
                 self.prune(meta["step"])

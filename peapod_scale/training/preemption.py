@@ -28,9 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from peapod_scale.tools.atomic_files import write_json_atomic
+from peapod_scale.tools.run_dir import RunDir
 
 EXIT_PREEMPTED = 75
-MARKER = "preempted.json"
+MARKER = RunDir(".").preempted.name  # preempted.json; slurm/train.sh reads it by name
 HANDLED = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -98,7 +99,7 @@ def forking_without_sigterm():
 
 def clear_marker(run_dir: Path) -> None:
     """Rank 0, when an attempt starts: a marker left by an earlier attempt must not speak for this one."""
-    (Path(run_dir) / MARKER).unlink(missing_ok=True)
+    RunDir(run_dir).preempted.unlink(missing_ok=True)
 
 
 def _env_int(name: str) -> int | str | None:
@@ -108,7 +109,7 @@ def _env_int(name: str) -> int | str | None:
 
 def write_marker(run_dir: Path, step: int, signal_name: str, checkpoint: str) -> None:
     """Rank 0, after the checkpoint of ``step`` is complete."""
-    write_json_atomic(Path(run_dir) / MARKER, {
+    write_json_atomic(RunDir(run_dir).preempted, {
         "step": step, "signal": signal_name, "checkpoint": checkpoint,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "slurm_job_id": _env_int("SLURM_JOB_ID"), "slurm_restart_count": _env_int("SLURM_RESTART_COUNT"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -14,25 +13,26 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from peapod_scale.training import checkpoint as checkpointing
-from peapod_scale.distributed import ranks as distributed
-from peapod_scale.distributed import ds_config
-from peapod_scale.training import optimizer as optim
-from peapod_scale.training import preemption
-from peapod_scale.tools.atomic_files import write_json_atomic
-from peapod_scale.training.checkpoint import Checkpointer, ResumePoint
 from peapod_scale.config.train import TrainConfig
 from peapod_scale.data.batches import TaskBatcher
 from peapod_scale.data.dataset import read_manifest, task_stream
 from peapod_scale.data.tasks import parse_task_weights
 from peapod_scale.data.tokenizer import load_codec
+from peapod_scale.distributed import ds_config
+from peapod_scale.distributed import ranks as distributed
 from peapod_scale.eval.evaluate import evaluate, format_table
+from peapod_scale.kernels import check_compose_backend
+from peapod_scale.model.build import build_model
+from peapod_scale.tools.atomic_files import replace_folder, temporary_name, write_json_atomic
+from peapod_scale.tools.progress import progress_interval
+from peapod_scale.tools.run_dir import RunDir
+from peapod_scale.training import checkpoint as checkpointing
+from peapod_scale.training import optimizer as optim
+from peapod_scale.training import preemption
+from peapod_scale.training.checkpoint import Checkpointer, ResumePoint
 from peapod_scale.training.lr_schedule import warmup_cosine
 from peapod_scale.training.metrics import StepMeter, flop_counter, log_line
 from peapod_scale.training.validation import BestTracker
-from peapod_scale.model.build import build_model
-from peapod_scale.tools.progress import progress_interval
-from peapod_scale.kernels import check_compose_backend
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Trainer:
         self.cfg = cfg
         self.dist, self.collectives = distributed.setup(cfg.local_rank)
         self.run_dir = Path(cfg.output)
+        self.paths = RunDir(self.run_dir)
         if self.dist.is_main:
             preemption.clear_marker(self.run_dir)  # the contract: the marker speaks for the attempt that wrote it
         self.signals = preemption.StopSignals().install()  # before the loader forks its workers (preemption.py)
@@ -93,7 +94,7 @@ class Trainer:
         )
         self.num_params = sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters())
         self.tracker = BestTracker(cfg.patience)
-        self.checkpoints = Checkpointer(self.engine, self.collectives, self.dist.rank, self.run_dir / "checkpoints",
+        self.checkpoints = Checkpointer(self.engine, self.collectives, self.dist.rank, self.paths.checkpoints,
                                         cfg.keep_last, self.num_params, self.log, with_cuda=distributed.use_cuda())
         self.saved_step: int | None = None  # the step of the newest complete periodic checkpoint of this attempt
         self.rng_to_restore: dict | None = None
@@ -108,8 +109,8 @@ class Trainer:
 
             # events after the checkpoint's step, written by the attempt that died, are dropped (not shown twice)
             purge = self.resume_point.meta["step"] + 1 if self.resume_point else None
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
-            write_json_atomic(self.run_dir / "config.json", {"train": dataclasses.asdict(cfg), "deepspeed": self.ds_config,
+            self.writer = SummaryWriter(str(self.paths.tensorboard), purge_step=purge)
+            write_json_atomic(self.paths.config, {"train": dataclasses.asdict(cfg), "deepspeed": self.ds_config,
                                                               "world_size": self.dist.world_size})
             self.log(f"{self.num_params / 1e6:.2f} M parameters, ZeRO stage "
                      f"{ds_config.zero_stage(self.ds_config)}, {self.dist.world_size} rank(s), global batch "
@@ -170,7 +171,7 @@ class Trainer:
     def log(self, message: str) -> None:
         if self.dist.is_main:
             _log.info(message)  # the `peapod_scale` logger: through tqdm on the command line
-            with open(self.run_dir / "train.log", "a") as log_file:
+            with open(self.paths.train_log, "a") as log_file:
                 log_file.write(message + "\n")
 
     def _reduce_task_losses(self, sums: dict[str, list[float]]) -> dict[str, float]:
@@ -307,9 +308,9 @@ class Trainer:
             tag = f"best-step{step}"
             self.checkpoints.save(tag, self._meta(), periodic=False)
             if self.dist.is_main:
-                write_json_atomic(self.run_dir / "best.json", {"tag": tag, "step": step, "metric": self.cfg.best_metric,
+                write_json_atomic(self.paths.best, {"tag": tag, "step": step, "metric": self.cfg.best_metric,
                                                                 "value": value})
-                for old in (self.run_dir / "checkpoints").glob("best-step*"):
+                for old in self.paths.checkpoints.glob("best-step*"):
                     if old.name != tag:
                         shutil.rmtree(old, ignore_errors=True)
         self.log(f"valid {self.cfg.best_metric} {value:.4f} at step {step} (best {self.tracker.best:.4f} at step "
@@ -359,12 +360,12 @@ class Trainer:
         else:
             state = module.state_dict()
         if self.dist.is_main:
-            final, tmp = self.run_dir / "model", self.run_dir / f".model.tmp-{os.getpid()}"
+            final = self.paths.model
+            tmp = temporary_name(final)
             shutil.rmtree(tmp, ignore_errors=True)
             module.save_pretrained(tmp, state_dict=state)
             self.codec.save(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            replace_folder(tmp, final)  # `evaluate` or `recommend` reading the model meanwhile see the old or the new
             self.log(f"saved the model to {final} (checkpoints in {self.checkpoints.folder})")
         self.collectives.barrier()
 
@@ -384,7 +385,7 @@ class Trainer:
         results["step"] = self.engine.global_steps
         if self.dist.is_main:
             if write:
-                write_json_atomic(self.run_dir / f"metrics_{split}.json", results)
+                write_json_atomic(self.paths.metrics(split), results)
                 self.log(format_table(results))
             for task in cfg.eval_task_list():
                 for name, value in results[task]["model"].items():

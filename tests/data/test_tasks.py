@@ -10,8 +10,8 @@ import torch
 
 from peapod_scale.data import templates
 from peapod_scale.data.batches import TaskBatcher, sample_negatives
-from peapod_scale.data.prepare.dataset import prepare_dataset
 from peapod_scale.data.dataset import read_manifest, task_stream
+from peapod_scale.data.prepare.dataset import prepare_dataset
 from peapod_scale.data.tasks import TaskSchedule, parse_task_weights
 from peapod_scale.data.tokenizer import MAX_WHOLE_WORDS, load_codec
 

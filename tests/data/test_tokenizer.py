@@ -2,7 +2,7 @@ import pytest
 
 from peapod_scale.data import templates
 from peapod_scale.data.prepare.dataset import prepare_dataset
-from peapod_scale.data.tokenizer import TextCodec, load_codec
+from peapod_scale.data.tokenizer import load_codec
 
 
 @pytest.fixture(scope="module")

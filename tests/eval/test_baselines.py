@@ -4,10 +4,10 @@ evaluate()) proof that they learn from training items only."""
 import numpy as np
 import pytest
 
-from peapod_scale.eval.baselines import NextIds, Popularity, Transitions
-from peapod_scale.data.prepare.dataset import prepare_dataset
 from peapod_scale.data.dataset import read_manifest, read_rows
+from peapod_scale.data.prepare.dataset import prepare_dataset
 from peapod_scale.data.tokenizer import load_codec
+from peapod_scale.eval.baselines import NextIds, Popularity, Transitions
 from peapod_scale.eval.evaluate import evaluate
 
 from helpers import ScriptedBeams, write_udata

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from peapod_scale.data.prepare.dataset import prepare_dataset
 from peapod_scale.data.dataset import read_manifest, read_rows, split_files
+from peapod_scale.data.prepare.dataset import prepare_dataset
 from peapod_scale.data.tokenizer import load_codec
 from peapod_scale.eval.evaluate import evaluate, format_table, spread_rows
 from peapod_scale.model.peapod import PeaPOD, PeaPODConfig

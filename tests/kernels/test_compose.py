@@ -20,7 +20,6 @@ from peapod_scale.kernels import TritonUnavailableError, check_compose_backend, 
 
 from helpers import HAS_TRITON, REPO, grads_of, make_inputs
 
-
 # ---------------------------------------------------------------------------------------------
 # In-process: the reference path, dispatch, argument checks (no kernel launch)
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from peapod_scale.model.peapod import PeaPOD, PeaPODConfig
 

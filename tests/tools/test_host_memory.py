@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 # What a rank does: start in peapod_scale.train (deepspeed, torchrun and srun all run it), then allocate a

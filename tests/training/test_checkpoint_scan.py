@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from peapod_scale.training.checkpoint import verify_checkpoint
 from peapod_scale.inference.export import export
+from peapod_scale.training.checkpoint import verify_checkpoint
 
 from helpers import REPO, synthetic_ratings, write_udata
-
 
 
 class _RunsCode:

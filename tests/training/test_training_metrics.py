@@ -2,8 +2,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5Config, T5ForConditionalGeneration
 
-from peapod_scale.training import metrics as throughput
 from peapod_scale.distributed.ranks import HostCollectives
+from peapod_scale.training import metrics as throughput
 
 
 def test_flop_formula_matches_torch_flop_counter_on_a_training_step():

@@ -45,14 +45,15 @@ import pyarrow.parquet as pq
 
 from peapod_scale import __version__
 from peapod_scale.data.prepare.filters import k_core
-from peapod_scale.data.sources.hf import DEFAULT_COLUMNS, format_columns, parse_columns
-from peapod_scale.data.sources.synthetic import SYNTHETIC_DEFAULT
+from peapod_scale.data.prepare.user_similarity import write_user_similarity
 from peapod_scale.data.sources import SOURCES, load_source
 from peapod_scale.data.sources.base import RawSequences
-from peapod_scale.data.prepare.user_similarity import write_user_similarity
+from peapod_scale.data.sources.hf import DEFAULT_COLUMNS, format_columns, parse_columns
+from peapod_scale.data.sources.synthetic import SYNTHETIC_DEFAULT
+from peapod_scale.data.tokenizer import train_tokenizer
+from peapod_scale.tools.atomic_files import replace_folder
 from peapod_scale.tools.log import setup_cli_logging
 from peapod_scale.tools.progress import progress_bar
-from peapod_scale.data.tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -435,17 +436,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
 
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     _check_output(out, overwrite)  # again: something may have appeared while we worked
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old)
+    replace_folder(tmp, out)  # a trainer reading the old dataset meanwhile never finds the folder gone
 
 
 def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, seed: int = 42,

@@ -35,8 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from peapod_scale.data.sources.amazon import explanation_of
 from peapod_scale.data.errors import DataFormatError
+from peapod_scale.data.sources.amazon import explanation_of
 from peapod_scale.data.sources.base import RawSequences
 from peapod_scale.tools.progress import progress_bar
 

@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from peapod_scale.data.errors import DataFormatError
-from peapod_scale.data.sources.base import (RawSequences, chain_first, content_lines, empty_file, original_strings,
-                                            parse_id, parse_number)
+from peapod_scale.data.sources.base import (
+    RawSequences,
+    chain_first,
+    content_lines,
+    empty_file,
+    original_strings,
+    parse_id,
+    parse_number,
+)
 
 # The MovieLens columns in the order u.data and ratings.dat hold them.
 _ML_FIELDS = ("user", "item", "rating", "timestamp")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from peapod_scale.data.prepare.filters import k_core
 from peapod_scale.data.prepare.dataset import prepare_dataset
+from peapod_scale.data.prepare.filters import k_core
 from peapod_scale.data.sources.movielens import read_movielens
 
 from helpers import write_udata
-
 
 
 def naive_k_core(pairs: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:

@@ -7,8 +7,8 @@ re-indexing that happens no more often than chance (about 1 in the number of ite
 
 import pytest
 
-from peapod_scale.data.prepare.dataset import prepare_dataset
 from peapod_scale.data.dataset import read_manifest, read_rows
+from peapod_scale.data.prepare.dataset import prepare_dataset
 
 from helpers import write_udata
 

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from peapod_scale.data.sources.default_data import movielens_100k
 from peapod_scale.data.errors import DataFormatError
 from peapod_scale.data.prepare.dataset import add_prepare_arguments, prepare_dataset, run_prepare
+from peapod_scale.data.sources.default_data import movielens_100k
 
 from helpers import SHARED_DATA
 

@@ -6,12 +6,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from peapod_scale.data.prepare.dataset import prepare_dataset
-from peapod_scale.data.prepare.user_similarity import (bpr_embeddings, read_neighbors, read_user_embeddings,
-                                                         top_neighbors, training_pairs)
+from peapod_scale.data.prepare.user_similarity import (
+    bpr_embeddings,
+    read_neighbors,
+    read_user_embeddings,
+    top_neighbors,
+    training_pairs,
+)
 
 from helpers import synthetic_ratings, write_udata
-
-
 
 
 def test_training_pairs_leave_out_validation_and_test_items():

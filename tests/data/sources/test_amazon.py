@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from peapod_scale.data.sources.amazon import explanation_of
 from peapod_scale.data.errors import DataFormatError
 from peapod_scale.data.prepare.dataset import prepare_dataset
+from peapod_scale.data.sources.amazon import explanation_of
 
 from helpers import SHARED_DATA
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from peapod_scale.data.errors import DataFormatError
-from peapod_scale.data.sources.hf import DEFAULT_COLUMNS, parse_columns
 from peapod_scale.data.prepare.dataset import prepare_dataset
+from peapod_scale.data.sources.hf import DEFAULT_COLUMNS, parse_columns
 
 FAST = {"num_negatives": 1, "item_index": "sequential", "max_history": 5, "num_neighbors": 0}
 AMAZON_COLUMNS = {"user": "reviewerID", "item": "asin", "time": "unixReviewTime", "text": "reviewText",

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from peapod_scale.data.sources import synthetic
 from peapod_scale.data.prepare.dataset import add_prepare_arguments, prepare_dataset, run_prepare
+from peapod_scale.data.sources import synthetic
 
 
 def parquet_bytes(root):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from peapod_scale.tools import memory_estimate as estimate
+from peapod_scale.training import memory_estimate as estimate
 
 from helpers import REPO
 
@@ -121,7 +121,7 @@ def test_report_reads_the_recommended_config(capsys):
 
 _DRIVER = r"""
 import gc, json, sys
-from peapod_scale.tools import memory_estimate as estimate
+from peapod_scale.training import memory_estimate as estimate
 from peapod_scale.config.train import parse_train_config
 from peapod_scale.tools.memory_census import measure_steps
 from peapod_scale.training.trainer import Trainer

@@ -54,12 +54,12 @@ import math
 import torch
 
 from peapod_scale.config.model_dimensions import PRESETS
-from peapod_scale.training.optimizer import optimizer_groups
 from peapod_scale.config.train import TrainConfig
+from peapod_scale.distributed import ds_config
 from peapod_scale.model.build import prompt_config
 from peapod_scale.model.peapod import PeaPOD
 from peapod_scale.model.presets import RELEASED_VOCAB_SIZE
-from peapod_scale.distributed import ds_config
+from peapod_scale.training.optimizer import optimizer_groups
 
 GIB = 2**30
 MIB = 2**20
