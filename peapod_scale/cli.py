@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from peapod_scale.config.flags import deprecated_alias, deprecated_switch, parse_args
 from peapod_scale.tools.run_dir import RUN_CONFIG, RunDir
 
 TRAIN_LAUNCH_HELP = """\
@@ -46,26 +47,31 @@ def _evaluate(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="peapod-scale evaluate",
                                      description="Evaluate a trained run (its model/ folder) by beam search on one split.")
-    parser.add_argument("--checkpoint", required=True, help="run folder written by `train` (or its model/ folder)")
+    parser.add_argument("--run", required=True, metavar="RUN",
+                        help="run folder written by `train`, its model/ folder, or a folder written by `export`")
     parser.add_argument("--data", required=True, help="dataset folder written by `prepare`")
     parser.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate (default: %(default)s)")
     parser.add_argument("--tasks", default="sequential,topn", help="comma-separated tasks: sequential, topn, explanation (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="users per generation batch (default: %(default)s)")
+    parser.add_argument("--eval-batch-size", type=int, default=32, help="users per generation batch (default: %(default)s)")
     parser.add_argument("--num-beams", type=int, default=None,
                         help="beams; 10 sequences are returned (default: the run's --num-beams, 20 without a config)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed that orders top-N candidates (default: the run's own --seed, from its config.json, "
                              "so the numbers equal its metrics_<split>.json; 42 for a folder without one)")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--eval-limit", type=int, default=None,
                         help="evaluate N users spread evenly over the split (default: all)")
-    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--constrained-decoding", action=argparse.BooleanOptionalAction, default=None,
                         help="constrained decoding: generate only valid item ids (a prefix trie over their tokens); "
                              "default: as the run evaluated (its --constrained-decoding), on for a folder without its config")
-    parser.add_argument("--output", default=None, help="metrics JSON (default: CHECKPOINT/metrics_<split>.json)")
+    parser.add_argument("--output", default=None, help="metrics JSON (default: RUN/metrics_<split>.json)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="dtype of every parameter: auto is the one the run trained in, as the trainer's own "
                              "evaluation used it (default: %(default)s)")
-    args = parser.parse_args(argv)
+    deprecated_alias(parser, "--checkpoint", "--run")
+    deprecated_alias(parser, "--batch-size", "--eval-batch-size", type=int)
+    deprecated_alias(parser, "--limit", "--eval-limit", type=int)
+    deprecated_switch(parser, "--constrained", "--constrained-decoding")
+    args = parse_args(parser, argv)
 
     # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
     from peapod_scale.data.dataset import read_manifest
@@ -77,17 +83,18 @@ def _evaluate(argv: list[str]) -> int:
 
     info = setup_inference()  # under a launcher: users sharded over the ranks, results gathered
 
-    run_dir = Path(args.checkpoint)
+    run_dir = Path(args.run)
     model, model_dir = load_model(run_dir, args.dtype, info.local_rank)
     run = run_settings(run_dir)  # the run's own protocol unless told otherwise: its numbers come out again
     seed = args.seed if args.seed is not None else run.get("seed", 42)
     num_beams = args.num_beams if args.num_beams is not None else run.get("num_beams", 20)
-    constrained = args.constrained if args.constrained is not None else run.get("constrained_decoding", True)
+    constrained = args.constrained_decoding if args.constrained_decoding is not None \
+        else run.get("constrained_decoding", True)
     codec = TextCodec.from_file(model_dir / "tokenizer.json")
     manifest = read_manifest(args.data)
     results = evaluate(model, codec, args.data, manifest, split=args.split, rank=info.rank, world_size=info.world_size,
-                       tasks=[t for t in args.tasks.split(",") if t], batch_size=args.batch_size,
-                       num_beams=num_beams, seed=seed, limit=args.limit, constrained=constrained,
+                       tasks=[t for t in args.tasks.split(",") if t], batch_size=args.eval_batch_size,
+                       num_beams=num_beams, seed=seed, limit=args.eval_limit, constrained=constrained,
                        topn_history=run.get("topn_history", 0))  # the top-N prompts it was trained on
     output = Path(args.output) if args.output else RunDir(run_dir).metrics(args.split)
     if info.is_main:
@@ -139,21 +146,23 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="peapod-scale export",
                                      description="Consolidate a run's ZeRO checkpoint (any stage) into a Hugging Face-format "
                                                  "model folder that loads without DeepSpeed.")
-    parser.add_argument("--checkpoint", required=True, help="run folder written by `train` (holds checkpoints/ and model/)")
+    parser.add_argument("--run", required=True, help="run folder written by `train` (holds checkpoints/ and model/)")
     parser.add_argument("--output", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--tag", default=None, help="checkpoint tag, e.g. step1000 (default: the latest)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                         help="weights' dtype in the folder: fp32 keeps the fp32 master weights of a bf16 run exactly, "
                              "bf16 halves its size (default: %(default)s)")
-    args = parser.parse_args(argv)
-    export(args.checkpoint, args.output, args.tag, dtype=args.dtype)
+    deprecated_alias(parser, "--checkpoint", "--run")
+    args = parse_args(parser, argv)
+    export(args.run, args.output, args.tag, dtype=args.dtype)
     return 0
 
 
 def _recommend(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="peapod-scale recommend",
                                      description="Top-k next items for one user (original ids in and out).")
-    parser.add_argument("--model", required=True, help="model folder (a run's model/, or one written by `export`)")
+    parser.add_argument("--run", required=True,
+                        help="run folder written by `train`, its model/ folder, or a folder written by `export`")
     parser.add_argument("--data", required=True, help="dataset folder written by `prepare` (holds the user's history)")
     parser.add_argument("--user", required=True, help="the user's original id, as in the raw data")
     parser.add_argument("-k", type=int, default=10, help="items to recommend (default: %(default)s)")
@@ -162,14 +171,15 @@ def _recommend(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="dtype of every parameter: auto is the one the run trained in, as the trainer's own "
                              "evaluation used it (default: %(default)s)")
-    args = parser.parse_args(argv)
+    deprecated_alias(parser, "--model", "--run")
+    args = parse_args(parser, argv)
 
     # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
     from peapod_scale.data.tokenizer import TextCodec
     from peapod_scale.inference.load import load_model
     from peapod_scale.inference.recommend import recommend
 
-    model, model_dir = load_model(args.model, args.dtype)
+    model, model_dir = load_model(args.run, args.dtype)
     items, filled = recommend(model, TextCodec.from_file(model_dir / "tokenizer.json"), args.data, args.user, args.k,
                               args.num_beams, args.include_seen)
     for position, item in enumerate(items, 1):

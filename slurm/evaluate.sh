@@ -2,7 +2,7 @@
 # Distributed evaluation of a trained run (its model/ folder) over the allocation's ranks: users are
 # sharded over the ranks and the metrics gathered, the same numbers as one `peapod-scale evaluate`.
 #
-#   RUN=runs/peapod-train-1234 DATA=data/ml-100k sbatch slurm/evaluate.sh --split test --constrained
+#   RUN=runs/peapod-train-1234 DATA=data/ml-100k sbatch slurm/evaluate.sh --split test --constrained-decoding
 #
 # Arguments after the script go to `peapod-scale evaluate` (see its --help); the metrics JSON goes to
 # RUN/metrics_<split>.json unless --output says otherwise. Environment: RUN (required), DATA (default
@@ -25,7 +25,7 @@ peapod_environment
 [ -n "${RUN:-}" ] || die 2 "set RUN to the run folder to evaluate (RUN=runs/NAME sbatch slurm/evaluate.sh)"
 [ -d "$RUN" ] || die 2 "RUN=$RUN: no such run folder"
 
-peapod_launch_command python -m peapod_scale.cli evaluate --checkpoint "$RUN" --data "${DATA:-data/ml-100k}" "$@"
+peapod_launch_command python -m peapod_scale.cli evaluate --run "$RUN" --data "${DATA:-data/ml-100k}" "$@"
 status=0
 "${launch[@]}" || status=$?
 [ "$status" -eq 0 ] || die "$status" "evaluation failed (srun exit $status; the ranks' errors are above)"

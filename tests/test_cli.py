@@ -31,8 +31,40 @@ def test_malformed_input_is_a_one_line_error_and_leaves_nothing(tmp_path):
 
 
 def test_evaluate_names_a_missing_run_folder(tmp_path):
-    result = _run("evaluate", "--checkpoint", str(tmp_path / "nope"), "--data", str(tmp_path))
+    result = _run("evaluate", "--run", str(tmp_path / "nope"), "--data", str(tmp_path))
     assert result.returncode == 2 and "nope" in result.stderr
+
+
+def test_old_flag_spellings_still_work_with_one_line_naming_the_new_one(tmp_path):
+    """evaluate's --checkpoint / --limit / --no-constrained, recommend's --model and estimate's --micro-batch."""
+    old = _run("evaluate", "--checkpoint", str(tmp_path / "nope"), "--data", str(tmp_path), "--limit", "3",
+               "--no-constrained")
+    new = _run("evaluate", "--run", str(tmp_path / "nope"), "--data", str(tmp_path), "--eval-limit", "3",
+               "--no-constrained-decoding")
+    notices = [line for line in old.stderr.splitlines() if "deprecated" in line]
+    assert notices == ["peapod-scale evaluate: warning: --checkpoint is deprecated, use --run",
+                       "peapod-scale evaluate: warning: --limit is deprecated, use --eval-limit",
+                       "peapod-scale evaluate: warning: --no-constrained is deprecated, use --no-constrained-decoding"]
+    assert old.returncode == new.returncode == 2 and old.stderr.splitlines()[-1] == new.stderr.splitlines()[-1]
+    recommend = _run("recommend", "--model", str(tmp_path / "nope"), "--data", str(tmp_path), "--user", "1")
+    assert "--model is deprecated, use --run" in recommend.stderr and "nope" in recommend.stderr.splitlines()[-1]
+    estimate_old = _run("estimate", "--arch", "t5-small", "--zero", "2", "--micro-batch", "16")
+    estimate_new = _run("estimate", "--arch", "t5-small", "--zero", "2", "--micro-batch-size", "16")
+    assert estimate_old.returncode == estimate_new.returncode == 0
+    report = [[line for line in r.stdout.splitlines() if not line.startswith("[")]  # DeepSpeed's timestamped logs
+              for r in (estimate_old, estimate_new)]
+    assert report[0] == report[1] and "micro batch 16" in estimate_new.stdout
+    assert "--micro-batch is deprecated, use --micro-batch-size" in estimate_old.stderr
+
+
+def test_the_commands_share_one_name_per_setting():
+    for command, flags in (("evaluate", ["--run", "--eval-batch-size", "--eval-limit", "--constrained-decoding"]),
+                           ("export", ["--run"]), ("recommend", ["--run"]), ("estimate", ["--micro-batch-size"]),
+                           ("train", ["--eval-batch-size", "--eval-limit", "--constrained-decoding",
+                                      "--micro-batch-size"])):
+        shown = _run(command, "--help").stdout
+        assert all(flag in shown for flag in flags), (command, flags)
+        assert "--checkpoint" not in shown and "--micro-batch " not in shown and "--limit " not in shown, command
 
 
 def test_compose_triton_that_cannot_run_is_one_error_line_before_training(tmp_path):

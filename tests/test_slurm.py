@@ -307,14 +307,14 @@ def test_plain_srun_trains_the_same_model_as_torchrun(resumed, plain):
 
 
 def test_evaluate_sh_matches_a_local_evaluate(cluster, dataset, resumed, tmp_path):
-    options = ["--split", "test", "--limit", "12", "--num-beams", "4"]
+    options = ["--split", "test", "--eval-limit", "12", "--num-beams", "4"]
     job = cluster.submit("slurm/evaluate.sh", *options, "--output", str(tmp_path / "slurm.json"),
                          sbatch=("--nodes=2",), env={"DATA": str(dataset), "RUN": str(resumed["run"])})
     final = cluster.wait(job, 400, "(evaluate.sh)")
     log = cluster.log(job)
     assert (final["State"], final["ExitCode"]) == ("COMPLETED", "0:0"), log[-6000:]
     assert {(node, name) for _, node, name in _ranks(log)} == {(0, "127.0.0.1"), (1, "127.0.0.2")}
-    local = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--checkpoint", str(resumed["run"]),
+    local = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--run", str(resumed["run"]),
                             "--data", str(dataset), *options, "--output", str(tmp_path / "local.json")],
                            cwd=REPO, capture_output=True, text=True, timeout=300,
                            env={**cluster.env, "DS_ACCELERATOR": "cpu"})

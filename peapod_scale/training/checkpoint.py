@@ -48,6 +48,7 @@ from deepspeed.checkpoint.constants import (
     UNIVERSAL_CHECKPOINT_VERSION_VALUE,
 )
 
+from peapod_scale.config.train import MUST_MATCH, PER_ATTEMPT, resume_rule
 from peapod_scale.tools.atomic_files import fsync_path, replace_folder, write_json_atomic, write_text_atomic
 from peapod_scale.tools.run_dir import RunDir
 
@@ -64,13 +65,6 @@ DEEPSPEED_RECORDS = frozenset({
     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
     "deepspeed.utils.tensor_fragment.fragment_address",
 })
-
-# Options that define the model, the parameters that learn or the examples of the training stream:
-# a checkpoint trained with another value cannot be continued. Every other option may change on resume.
-MUST_MATCH = ("arch", "model", "train", "user_prompt", "pool_size", "prompt_length", "gate_heads", "tau",
-              "user_dim", "task_prompt_length", "seed", "topn_candidates", "topn_history",
-              "shuffle_buffer")
-_NOT_COMPARED = ("resume", "output", "local_rank", "overwrite")
 
 
 class UnsafeCheckpoint(ValueError):
@@ -136,9 +130,9 @@ def compare_run(meta: dict, config: dict, fingerprint: dict, zero_stage: int, pr
     changed = []
     for key in sorted(set(meta["config"]) & set(config)):
         old, new = meta["config"][key], config[key]
-        if key in _NOT_COMPARED or old == new:
+        if resume_rule(key) == PER_ATTEMPT or old == new:
             continue
-        if key in MUST_MATCH:
+        if resume_rule(key) == MUST_MATCH:
             raise ValueError(f"--resume {where}: the checkpoint was trained with {_flag(key)} {old}, this run has "
                              f"{_flag(key)} {new}; resume with the same value or start a new run in another --output")
         changed.append(f"{_flag(key)} {old} -> {new}")

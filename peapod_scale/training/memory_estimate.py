@@ -53,6 +53,7 @@ import math
 
 import torch
 
+from peapod_scale.config.flags import deprecated_alias
 from peapod_scale.config.model_dimensions import PRESETS
 from peapod_scale.config.train import TrainConfig
 from peapod_scale.distributed import ds_config
@@ -353,8 +354,8 @@ def _resolve(args: argparse.Namespace, ranks: int) -> tuple[str, dict]:
     if args.deepspeed is None:
         if args.zero is None:
             raise ValueError("give --zero STAGE (the shipped config for it is read) or --deepspeed CONFIG")
-        return recommended_config(args.zero, args.offload, ranks, args.micro_batch, args.precision)
-    config = ds_config.resolve(args.deepspeed, world_size=ranks, micro_batch_size=args.micro_batch, grad_accum=None,
+        return recommended_config(args.zero, args.offload, ranks, args.micro_batch_size, args.precision)
+    config = ds_config.resolve(args.deepspeed, world_size=ranks, micro_batch_size=args.micro_batch_size, grad_accum=None,
                                lr=None, precision=args.precision, cuda=True, bf16_supported=True)
     stage = ds_config.zero_stage(config)
     if args.zero is not None and args.zero != stage:
@@ -368,8 +369,8 @@ def report(args: argparse.Namespace) -> str:
     zero = zero_settings(config)
     shape = model_shape(args.arch, args.users)
     states = deepspeed_model_states(shape, zero, ranks, args.precision)
-    acts = activation_bytes(shape, args.micro_batch, args.encoder_len, args.decoder_len, checkpointing=False)
-    acts_ckpt = activation_bytes(shape, args.micro_batch, args.encoder_len, args.decoder_len, checkpointing=True)
+    acts = activation_bytes(shape, args.micro_batch_size, args.encoder_len, args.decoder_len, checkpointing=False)
+    acts_ckpt = activation_bytes(shape, args.micro_batch_size, args.encoder_len, args.decoder_len, checkpointing=True)
     offload = " + CPU offload" if zero.offload_optimizer or zero.offload_param else ""
     sizes = f"reduce bucket {zero.reduce_bucket_size:.3g} elements"
     if zero.stage in (1, 2) and zero.overlap_comm:
@@ -379,7 +380,7 @@ def report(args: argparse.Namespace) -> str:
                   f"{zero.max_reuse_distance:.3g}, prefetch bucket {zero.prefetch_bucket_size:.3g}")
     lines = [f"{args.arch}: {shape.params / 1e6:.1f} M parameters (largest layer {shape.largest_layer_params / 1e6:.1f} M), "
              f"ZeRO-{zero.stage}{offload}, {ranks} GPU(s) ({args.nodes} node(s) x {args.gpus_per_node}), "
-             f"micro batch {args.micro_batch}, {args.precision}",
+             f"micro batch {args.micro_batch_size}, {args.precision}",
              f"config --deepspeed {name}: {sizes}",
              "per GPU (held: all the time; backward: in the forward and backward; reduce: in the gradient all-reduce "
              "at the end of the backward; step: in the optimizer step):"]
@@ -410,7 +411,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training precision (default: %(default)s)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes (default: %(default)s)")
     parser.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node (default: %(default)s)")
-    parser.add_argument("--micro-batch", type=int, default=32, help="examples per GPU per micro-step (default: %(default)s)")
+    parser.add_argument("--micro-batch-size", type=int, default=32,
+                        help="examples per GPU per micro-step (default: %(default)s)")
+    deprecated_alias(parser, "--micro-batch", "--micro-batch-size", type=int)
     parser.add_argument("--encoder-len", type=int, default=128, help="input tokens, prompts excluded (default: %(default)s)")
     parser.add_argument("--decoder-len", type=int, default=8, help="label tokens (default: %(default)s)")
     parser.add_argument("--users", type=int, default=10_000, help="users in the embedding table (default: %(default)s)")
