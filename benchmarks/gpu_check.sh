@@ -126,9 +126,9 @@ step prepare 60 "$py" -m peapod_scale.cli prepare --source synthetic --output "$
 step t5base_z2 150 "${train[@]}" --output "$work/t5base_z2" --arch "$base_arch" --deepspeed ds_configs/z2.json
 step t5small_z2 90 "${train[@]}" --output "$work/t5small_z2" --arch "$small_arch" --deepspeed ds_configs/z2.json
 step t5small_z3 100 "${train[@]}" --output "$work/t5small_z3" --arch "$small_arch" --deepspeed ds_configs/z3.json
-step evaluate 60 "$py" -m peapod_scale.cli evaluate --run "$work/t5small_z2" --data "$work/data" \
+step evaluate 60 "$py" -m peapod_scale.cli evaluate --run-dir "$work/t5small_z2" --data "$work/data" \
   --split test --tasks sequential,topn --eval-limit 64 --num-beams 4 --output "$out/evaluate_t5small_z2.json"
-step export 60 "$py" -m peapod_scale.cli export --run "$work/t5small_z3" --output "$work/export_z3"
+step export 60 "$py" -m peapod_scale.cli export --run-dir "$work/t5small_z3" --output "$work/export_z3"
 step export_is_fp32 30 "$py" - "$work/export_z3" <<'EOF'
 import sys
 from pathlib import Path
@@ -145,7 +145,7 @@ floats = {k: v for k, v in dtypes.items() if k.upper().startswith(("F", "BF"))}
 assert files and set(floats) == {"F32"}, f"exported floating-point tensors are not all fp32: { {k: v[:3] for k, v in floats.items()} }"
 print("export is fp32")
 EOF
-step recommend 60 "$py" -m peapod_scale.cli recommend --run "$work/export_z3" --data "$work/data" \
+step recommend 60 "$py" -m peapod_scale.cli recommend --run-dir "$work/export_z3" --data "$work/data" \
   --user synthetic_user_0 -k 10
 step bench_training 200 "$py" benchmarks/bench_prompt_compose.py --shapes training --mode full --rep-ms 50 \
   --results "$out"

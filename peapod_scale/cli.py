@@ -47,7 +47,7 @@ def _evaluate(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="peapod-scale evaluate",
                                      description="Evaluate a trained run (its model/ folder) by beam search on one split.")
-    parser.add_argument("--run", required=True, metavar="RUN",
+    parser.add_argument("--run-dir", required=True, metavar="RUN",
                         help="run folder written by `train`, its model/ folder, or a folder written by `export`")
     parser.add_argument("--data", required=True, help="dataset folder written by `prepare`")
     parser.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate (default: %(default)s)")
@@ -67,7 +67,7 @@ def _evaluate(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="dtype of every parameter: auto is the one the run trained in, as the trainer's own "
                              "evaluation used it (default: %(default)s)")
-    deprecated_alias(parser, "--checkpoint", "--run")
+    deprecated_alias(parser, "--checkpoint", "--run-dir")
     deprecated_alias(parser, "--batch-size", "--eval-batch-size", type=int)
     deprecated_alias(parser, "--limit", "--eval-limit", type=int)
     deprecated_switch(parser, "--constrained", "--constrained-decoding")
@@ -83,7 +83,7 @@ def _evaluate(argv: list[str]) -> int:
 
     info = setup_inference()  # under a launcher: users sharded over the ranks, results gathered
 
-    run_dir = Path(args.run)
+    run_dir = Path(args.run_dir)
     model, model_dir = load_model(run_dir, args.dtype, info.local_rank)
     run = run_settings(run_dir)  # the run's own protocol unless told otherwise: its numbers come out again
     seed = args.seed if args.seed is not None else run.get("seed", 42)
@@ -146,22 +146,22 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="peapod-scale export",
                                      description="Consolidate a run's ZeRO checkpoint (any stage) into a Hugging Face-format "
                                                  "model folder that loads without DeepSpeed.")
-    parser.add_argument("--run", required=True, help="run folder written by `train` (holds checkpoints/ and model/)")
+    parser.add_argument("--run-dir", required=True, help="run folder written by `train` (holds checkpoints/ and model/)")
     parser.add_argument("--output", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--tag", default=None, help="checkpoint tag, e.g. step1000 (default: the latest)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                         help="weights' dtype in the folder: fp32 keeps the fp32 master weights of a bf16 run exactly, "
                              "bf16 halves its size (default: %(default)s)")
-    deprecated_alias(parser, "--checkpoint", "--run")
+    deprecated_alias(parser, "--checkpoint", "--run-dir")
     args = parse_args(parser, argv)
-    export(args.run, args.output, args.tag, dtype=args.dtype)
+    export(args.run_dir, args.output, args.tag, dtype=args.dtype)
     return 0
 
 
 def _recommend(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="peapod-scale recommend",
                                      description="Top-k next items for one user (original ids in and out).")
-    parser.add_argument("--run", required=True,
+    parser.add_argument("--run-dir", required=True,
                         help="run folder written by `train`, its model/ folder, or a folder written by `export`")
     parser.add_argument("--data", required=True, help="dataset folder written by `prepare` (holds the user's history)")
     parser.add_argument("--user", required=True, help="the user's original id, as in the raw data")
@@ -171,7 +171,7 @@ def _recommend(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="dtype of every parameter: auto is the one the run trained in, as the trainer's own "
                              "evaluation used it (default: %(default)s)")
-    deprecated_alias(parser, "--model", "--run")
+    deprecated_alias(parser, "--model", "--run-dir")
     args = parse_args(parser, argv)
 
     # lazy: each command imports only what it runs (`peapod-scale --help` starts without torch)
@@ -179,7 +179,7 @@ def _recommend(argv: list[str]) -> int:
     from peapod_scale.inference.load import load_model
     from peapod_scale.inference.recommend import recommend
 
-    model, model_dir = load_model(args.run, args.dtype)
+    model, model_dir = load_model(args.run_dir, args.dtype)
     items, filled = recommend(model, TextCodec.from_file(model_dir / "tokenizer.json"), args.data, args.user, args.k,
                               args.num_beams, args.include_seen)
     for position, item in enumerate(items, 1):

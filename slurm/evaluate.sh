@@ -25,7 +25,7 @@ peapod_environment
 [ -n "${RUN:-}" ] || die 2 "set RUN to the run folder to evaluate (RUN=runs/NAME sbatch slurm/evaluate.sh)"
 [ -d "$RUN" ] || die 2 "RUN=$RUN: no such run folder"
 
-peapod_launch_command python -m peapod_scale.cli evaluate --run "$RUN" --data "${DATA:-data/ml-100k}" "$@"
+peapod_launch_command python -m peapod_scale.cli evaluate --run-dir "$RUN" --data "${DATA:-data/ml-100k}" "$@"
 status=0
 "${launch[@]}" || status=$?
 [ "$status" -eq 0 ] || die "$status" "evaluation failed (srun exit $status; the ranks' errors are above)"

@@ -31,7 +31,7 @@ def test_malformed_input_is_a_one_line_error_and_leaves_nothing(tmp_path):
 
 
 def test_evaluate_names_a_missing_run_folder(tmp_path):
-    result = _run("evaluate", "--run", str(tmp_path / "nope"), "--data", str(tmp_path))
+    result = _run("evaluate", "--run-dir", str(tmp_path / "nope"), "--data", str(tmp_path))
     assert result.returncode == 2 and "nope" in result.stderr
 
 
@@ -39,15 +39,15 @@ def test_old_flag_spellings_still_work_with_one_line_naming_the_new_one(tmp_path
     """evaluate's --checkpoint / --limit / --no-constrained, recommend's --model and estimate's --micro-batch."""
     old = _run("evaluate", "--checkpoint", str(tmp_path / "nope"), "--data", str(tmp_path), "--limit", "3",
                "--no-constrained")
-    new = _run("evaluate", "--run", str(tmp_path / "nope"), "--data", str(tmp_path), "--eval-limit", "3",
+    new = _run("evaluate", "--run-dir", str(tmp_path / "nope"), "--data", str(tmp_path), "--eval-limit", "3",
                "--no-constrained-decoding")
     notices = [line for line in old.stderr.splitlines() if "deprecated" in line]
-    assert notices == ["peapod-scale evaluate: warning: --checkpoint is deprecated, use --run",
+    assert notices == ["peapod-scale evaluate: warning: --checkpoint is deprecated, use --run-dir",
                        "peapod-scale evaluate: warning: --limit is deprecated, use --eval-limit",
                        "peapod-scale evaluate: warning: --no-constrained is deprecated, use --no-constrained-decoding"]
     assert old.returncode == new.returncode == 2 and old.stderr.splitlines()[-1] == new.stderr.splitlines()[-1]
     recommend = _run("recommend", "--model", str(tmp_path / "nope"), "--data", str(tmp_path), "--user", "1")
-    assert "--model is deprecated, use --run" in recommend.stderr and "nope" in recommend.stderr.splitlines()[-1]
+    assert "--model is deprecated, use --run-dir" in recommend.stderr and "nope" in recommend.stderr.splitlines()[-1]
     estimate_old = _run("estimate", "--arch", "t5-small", "--zero", "2", "--micro-batch", "16")
     estimate_new = _run("estimate", "--arch", "t5-small", "--zero", "2", "--micro-batch-size", "16")
     assert estimate_old.returncode == estimate_new.returncode == 0
@@ -58,8 +58,8 @@ def test_old_flag_spellings_still_work_with_one_line_naming_the_new_one(tmp_path
 
 
 def test_the_commands_share_one_name_per_setting():
-    for command, flags in (("evaluate", ["--run", "--eval-batch-size", "--eval-limit", "--constrained-decoding"]),
-                           ("export", ["--run"]), ("recommend", ["--run"]), ("estimate", ["--micro-batch-size"]),
+    for command, flags in (("evaluate", ["--run-dir", "--eval-batch-size", "--eval-limit", "--constrained-decoding"]),
+                           ("export", ["--run-dir"]), ("recommend", ["--run-dir"]), ("estimate", ["--micro-batch-size"]),
                            ("train", ["--eval-batch-size", "--eval-limit", "--constrained-decoding",
                                       "--micro-batch-size"])):
         shown = _run(command, "--help").stdout

@@ -314,7 +314,7 @@ def test_evaluate_sh_matches_a_local_evaluate(cluster, dataset, resumed, tmp_pat
     log = cluster.log(job)
     assert (final["State"], final["ExitCode"]) == ("COMPLETED", "0:0"), log[-6000:]
     assert {(node, name) for _, node, name in _ranks(log)} == {(0, "127.0.0.1"), (1, "127.0.0.2")}
-    local = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--run", str(resumed["run"]),
+    local = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--run-dir", str(resumed["run"]),
                             "--data", str(dataset), *options, "--output", str(tmp_path / "local.json")],
                            cwd=REPO, capture_output=True, text=True, timeout=300,
                            env={**cluster.env, "DS_ACCELERATOR": "cpu"})

@@ -108,7 +108,7 @@ def test_tensorboard_holds_every_documented_tag(zero2_run):
 
 def test_single_process_evaluate_matches_the_two_rank_evaluation(zero2_run, dataset, tmp_path):
     out = tmp_path / "metrics.json"
-    command = [sys.executable, "-m", "peapod_scale.cli", "evaluate", "--run", str(zero2_run), "--data", str(dataset),
+    command = [sys.executable, "-m", "peapod_scale.cli", "evaluate", "--run-dir", str(zero2_run), "--data", str(dataset),
                "--num-beams", "4", "--eval-limit", "12", "--eval-batch-size", "5", "--output", str(out)]
     result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -220,14 +220,14 @@ def test_validation_stops_early_when_the_metric_stops_improving(dataset, tmp_pat
 
 def test_export_consolidates_the_zero2_checkpoint_to_a_model_with_the_same_metrics(zero2_run, dataset, tmp_path):
     exported = tmp_path / "exported"
-    result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "export", "--run", str(zero2_run),
+    result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "export", "--run-dir", str(zero2_run),
                              "--output", str(exported)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "GiB of RAM" in result.stdout
     run_config = json.loads((zero2_run / "config.json").read_text())
     assert json.loads((exported / "run_config.json").read_text()) == run_config  # evaluate reads the run's options
     out = tmp_path / "metrics.json"
-    result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--run", str(exported),
+    result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--run-dir", str(exported),
                              "--data", str(dataset), "--num-beams", "4", "--eval-limit", "12", "--output", str(out)],
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -252,7 +252,7 @@ def test_export_of_a_zero3_checkpoint_equals_the_gathered_model(zero_runs, tmp_p
 def test_recommend_gives_k_distinct_unseen_original_item_ids(zero2_run, dataset):
     import pyarrow.parquet as pq
 
-    result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "recommend", "--run", str(zero2_run),
+    result = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "recommend", "--run-dir", str(zero2_run),
                              "--data", str(dataset), "--user", "7", "-k", "10"],
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -261,7 +261,7 @@ def test_recommend_gives_k_distinct_unseen_original_item_ids(zero2_run, dataset)
     history = {str((7 + k) % 30 + 1) for k in range(10)}  # user 7's raw items, as the fixture wrote them
     assert len(items) == 10 and len(set(items)) == 10
     assert set(items) <= originals and not set(items) & history
-    bad = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "recommend", "--run", str(zero2_run),
+    bad = subprocess.run([sys.executable, "-m", "peapod_scale.cli", "recommend", "--run-dir", str(zero2_run),
                           "--data", str(dataset), "--user", "nobody"], cwd=REPO, env=_env(), capture_output=True, text=True)
     assert bad.returncode == 2 and "nobody" in bad.stderr
 
@@ -272,7 +272,7 @@ def test_evaluate_under_a_launcher_on_two_ranks_equals_one_process(zero2_run, da
         out = tmp_path / f"metrics{ranks}.json"
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if ranks == 2 \
             else [sys.executable]
-        result = subprocess.run(launcher + ["-m", "peapod_scale.cli", "evaluate", "--run", str(zero2_run), "--data",
+        result = subprocess.run(launcher + ["-m", "peapod_scale.cli", "evaluate", "--run-dir", str(zero2_run), "--data",
                                             str(dataset), "--num-beams", "4", "--eval-limit", "11", "--eval-batch-size", "3",
                                             "--output", str(out)],
                                 cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)

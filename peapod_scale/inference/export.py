@@ -76,5 +76,5 @@ def export(run_dir: str | Path, output: str | Path, tag: str | None = None, log=
     if paths.config.is_file():  # the run's options: `evaluate` of the export then scores as the run did
         shutil.copyfile(paths.config, tmp / RUN_CONFIG)
     replace_folder(tmp, output)  # a model being served from `output` is swapped whole
-    log(f"wrote {output} ({dtype}; load it with PeaPOD.from_pretrained or `peapod-scale evaluate --run {output}`)")
+    log(f"wrote {output} ({dtype}; load it with PeaPOD.from_pretrained or `peapod-scale evaluate --run-dir {output}`)")
     return output

@@ -64,7 +64,7 @@ def test_export_keeps_the_fp32_master_weights(bf16_zero3_run, tmp_path):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     run_dir, _ = bf16_zero3_run
-    _run([sys.executable, "-m", "peapod_scale.cli", "export", "--run", str(run_dir), "--output",
+    _run([sys.executable, "-m", "peapod_scale.cli", "export", "--run-dir", str(run_dir), "--output",
           str(tmp_path / "fp32")])
     master = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"))
     backbone = load_file(str(tmp_path / "fp32" / "backbone" / "model.safetensors"))
@@ -79,7 +79,7 @@ def test_export_keeps_the_fp32_master_weights(bf16_zero3_run, tmp_path):
     assert any(not torch.equal(t, t.bfloat16().float()) for t in master.values())  # the check can fail
     exported, _ = load_model(tmp_path / "fp32")
     assert {p.dtype for p in exported.parameters()} == {torch.float32}
-    _run([sys.executable, "-m", "peapod_scale.cli", "export", "--run", str(run_dir), "--output",
+    _run([sys.executable, "-m", "peapod_scale.cli", "export", "--run-dir", str(run_dir), "--output",
           str(tmp_path / "bf16"), "--dtype", "bf16"])
     assert {t.dtype for t in load_file(str(tmp_path / "bf16" / "backbone" / "model.safetensors")).values()} == {torch.bfloat16}
 
@@ -89,7 +89,7 @@ def test_evaluate_and_recommend_use_the_runs_dtype_and_numbers(bf16_zero3_run, t
     model, _ = load_model(run_dir)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # prompts too, as the engine trained them
     out = tmp_path / "metrics.json"
-    _run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--run", str(run_dir), "--data", str(data),
+    _run([sys.executable, "-m", "peapod_scale.cli", "evaluate", "--run-dir", str(run_dir), "--data", str(data),
           "--eval-limit", "4", "--eval-batch-size", "1", "--output", str(out)])
     single, trainer = json.loads(out.read_text()), json.loads((run_dir / "metrics_test.json").read_text())
     assert single["num_beams"] == 2  # the run's --num-beams, not evaluate's stand-alone default of 20
@@ -97,6 +97,6 @@ def test_evaluate_and_recommend_use_the_runs_dtype_and_numbers(bf16_zero3_run, t
     for task in ("sequential", "topn"):  # the run's seed, beams and dtype: the trainer's own figures
         assert single[task]["model"] == pytest.approx(trainer[task]["model"], abs=1e-9), task
     users = json.loads((data / "manifest.json").read_text())
-    result = _run([sys.executable, "-m", "peapod_scale.cli", "recommend", "--run", str(run_dir), "--data", str(data),
+    result = _run([sys.executable, "-m", "peapod_scale.cli", "recommend", "--run-dir", str(run_dir), "--data", str(data),
                    "--user", "3", "-k", "3"])
     assert len(result.stdout.strip().splitlines()) == 3, (result.stdout, users["counts"])

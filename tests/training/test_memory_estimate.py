@@ -107,7 +107,7 @@ def test_zero3_counts_partitions_persistence_and_gathering():
 
 def test_report_reads_the_recommended_config(capsys):
     args = argparse.Namespace(arch="t5-small", zero=3, offload=True, deepspeed=None, precision="bf16", nodes=2,
-                              gpus_per_node=4, micro_batch=32, encoder_len=128, decoder_len=8, users=10_000)
+                              gpus_per_node=4, micro_batch_size=32, encoder_len=128, decoder_len=8, users=10_000)
     text = estimate.report(args)
     assert "--deepspeed z3_offload" in text and "8 GPU(s)" in text and "activation-checkpointing" in text
     assert "reduction bucket                      0.93 GiB" in text  # 5e8 bf16 elements, DeepSpeed's default
