@@ -1,7 +1,8 @@
 """One flag name per setting across the commands, and the old spellings kept for a while.
 
 ``evaluate``, ``export`` and ``recommend`` name the run folder ``--run-dir`` (it may also be the run's ``model/`` or an
-export); ``evaluate``'s decoding settings carry ``train``'s names (``--eval-batch-size``, ``--eval-limit``,
+export; not ``--run``, which torchrun, starting ``evaluate`` on several ranks, takes for an abbreviation of its own
+``--run-path``); ``evaluate``'s decoding settings carry ``train``'s names (``--eval-batch-size``, ``--eval-limit``,
 ``--constrained-decoding``), so a flag copied from a training command means the same thing; ``estimate`` takes
 ``--micro-batch-size`` as ``train`` does. A renamed flag still works: it prints one line naming its new spelling,
 as argparse users expect of a deprecation, and sets the same value.
