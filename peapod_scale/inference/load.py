@@ -21,7 +21,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def model_folder(path: str | Path) -> Path:
     """A run folder (its ``model/``) or a model folder itself."""
     path = Path(path)
-    return RunDir(path).model if RunDir(path).model.is_dir() else path
+    model = RunDir(path).model
+    return model if model.is_dir() else path
 
 
 def inference_dtype(model_dir: str | Path, requested: str = "auto") -> torch.dtype:

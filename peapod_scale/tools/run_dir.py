@@ -9,44 +9,19 @@ the same files; a new file is added here first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True)
 class RunDir:
-    root: Path
-
     def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def train_log(self) -> Path:
-        return self.root / "train.log"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "best.json"
-
-    @property
-    def preempted(self) -> Path:
-        return self.root / "preempted.json"
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.model = self.root / "model"
+        self.tensorboard = self.root / "tensorboard"
+        self.config = self.root / "config.json"
+        self.train_log = self.root / "train.log"
+        self.best = self.root / "best.json"
+        self.preempted = self.root / "preempted.json"
 
     def metrics(self, split: str) -> Path:
         return self.root / f"metrics_{split}.json"
