@@ -331,8 +331,9 @@ def child_prepare(root: str, interactions: int, **_) -> dict:
 
     n = interactions
     started = time.perf_counter()
-    manifest = prepare_dataset("synthetic", None, root, num_neighbors=0,
-                               synthetic_shape=(max(n // 20, 1), max(n // 50, 2), n))
+    manifest = prepare_dataset("synthetic", None, root, neighbors=0,
+                               num_users=max(n // 20, 1), num_items=max(n // 50, 2),
+                               num_interactions=n)
     return {"wall_s": time.perf_counter() - started,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "train_rows": manifest["splits"]["train"]["rows"]}

@@ -64,7 +64,7 @@ def prepare_small(root, users: int, items: int = 40, num_negatives: int = 9):
     """(dataset folder, manifest, codec) of a small synthetic MovieLens-style dataset under ``root``."""
     data = root / "data"
     prepare_dataset("movielens", str(write_udata(root, synthetic_ratings(users=users, items=items))), str(data),
-                    num_negatives=num_negatives, num_neighbors=0)
+                    num_negatives=num_negatives, neighbors=0)
     return data, read_manifest(data), load_codec(data)
 
 
@@ -154,7 +154,7 @@ def prepare(root: Path) -> Path:
                for u in range(30) for k in range(9)]
     (root / "reviews.json").write_text("".join(json.dumps(r) + "\n" for r in reviews))
     prepare_dataset("amazon-reviews", str(root / "reviews.json"), str(root / "ds"), seed=0, num_negatives=9,
-                    num_neighbors=0)
+                    neighbors=0)
     return root / "ds"
 
 

@@ -209,7 +209,12 @@ def _batch_as_is(batch: list[dict]) -> list[dict]:
 
 
 class TrainStream:
-    """Endless micro-batches over epochs with a position that survives restarts: ``state_dict()``."""
+    """Endless micro-batches of ONE split's raw rows over epochs, with a position that survives restarts.
+
+    The trainer reads through ``tasks.TaskStream`` (several row sources, rendered prompts); this is the same
+    reading without the rendering: the floor ``benchmarks/bench_data.py`` measures the task stream against, and
+    the smallest loop that shows ShardStream's epoch and resume contract through real DataLoader workers.
+    """
 
     def __init__(self, dataset: ShardStream, num_workers: int = 1):
         self.dataset, self.num_workers = dataset, num_workers

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-TASKS = ("sequential", "topn", "explanation")
+from peapod_scale.config.tasks import TASKS
+
 TASK_IDS = {name: index for index, name in enumerate(TASKS)}
 
 

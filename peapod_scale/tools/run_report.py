@@ -135,10 +135,3 @@ def report(run_dirs: list[str | Path], output: str | Path) -> Path:
     (tmp / "report.md").write_text("\n".join(lines))
     replace_folder(tmp, output)
     return output / "report.md"
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("runs", nargs="+", help="run folders written by `peapod-scale train` (several: drawn together)")
-    parser.add_argument("--output", default=None,
-                        help="folder for report.md and the PNGs, replaced atomically (default: RUN/report for one "
-                             "run, ./report for several)")

@@ -47,14 +47,12 @@ length (prompts + text), S_d the decoder length, l_e / l_d layers:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 
 import torch
 
-from peapod_scale.config.flags import deprecated_alias
-from peapod_scale.config.model_dimensions import PRESETS
+from peapod_scale.config.estimate import EstimateConfig
 from peapod_scale.config.train import TrainConfig
 from peapod_scale.distributed import ds_config
 from peapod_scale.model.build import prompt_config
@@ -348,7 +346,7 @@ def activation_bytes(shape: ModelShape, micro_batch: int, encoder_len: int, deco
     return int(micro_batch * per_example)
 
 
-def _resolve(args: argparse.Namespace, ranks: int) -> tuple[str, dict]:
+def _resolve(args: EstimateConfig, ranks: int) -> tuple[str, dict]:
     """The config the estimate reads: --deepspeed, else the shipped one for --zero / --offload."""
 
     if args.deepspeed is None:
@@ -363,7 +361,7 @@ def _resolve(args: argparse.Namespace, ranks: int) -> tuple[str, dict]:
     return str(args.deepspeed), config
 
 
-def report(args: argparse.Namespace) -> str:
+def report(args: EstimateConfig) -> str:
     ranks = args.nodes * args.gpus_per_node
     name, config = _resolve(args, ranks)
     zero = zero_settings(config)
@@ -397,24 +395,4 @@ def report(args: argparse.Namespace) -> str:
     if cpu:
         lines.append(f"CPU memory per node for offloaded states: {cpu * args.gpus_per_node / GIB:.2f} GiB")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", required=True, choices=PRESETS, metavar="PRESET", help="backbone preset: %(choices)s")
-    parser.add_argument("--zero", type=int, choices=[0, 1, 2, 3],
-                        help="ZeRO stage; the shipped config for it is read (z1 with stage 0, z1, z2, z3)")
-    parser.add_argument("--offload", action="store_true", help="optimizer states and parameters on CPU (z3_offload)")
-    parser.add_argument("--deepspeed", default=None, metavar="CONFIG",
-                        help="read bucket sizes and the stage from this DeepSpeed config (a file or a shipped name) "
-                             "instead of the shipped one for --zero")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
-                        help="training precision (default: %(default)s)")
-    parser.add_argument("--nodes", type=int, default=1, help="nodes (default: %(default)s)")
-    parser.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node (default: %(default)s)")
-    parser.add_argument("--micro-batch-size", type=int, default=32,
-                        help="examples per GPU per micro-step (default: %(default)s)")
-    deprecated_alias(parser, "--micro-batch", "--micro-batch-size", type=int)
-    parser.add_argument("--encoder-len", type=int, default=128, help="input tokens, prompts excluded (default: %(default)s)")
-    parser.add_argument("--decoder-len", type=int, default=8, help="label tokens (default: %(default)s)")
-    parser.add_argument("--users", type=int, default=10_000, help="users in the embedding table (default: %(default)s)")
 

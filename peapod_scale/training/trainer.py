@@ -49,9 +49,6 @@ class Trainer:
             preemption.clear_marker(self.run_dir)  # the contract: the marker speaks for the attempt that wrote it
         self.signals = preemption.StopSignals().install()  # before the loader forks its workers (preemption.py)
         torch.manual_seed(cfg.seed)
-        if cfg.save_every < 1 or cfg.keep_last < 0:
-            raise ValueError(f"--save-every {cfg.save_every} / --keep-last {cfg.keep_last}: need --save-every >= 1 "
-                             "and --keep-last >= 0")
         self.manifest = read_manifest(cfg.data)
         if "explanation" in cfg.eval_task_list() and cfg.eval_split != "none" and "explanation" not in self.manifest["tasks"]:
             raise ValueError(f"--eval-tasks {cfg.eval_tasks}: {cfg.data} has no explanation texts (its tasks: "
@@ -61,8 +58,6 @@ class Trainer:
                                                tasks_is_default=cfg.tasks == default_tasks)
         self.cfg = cfg = dataclasses.replace(cfg, tasks=",".join(self.task_weights))  # losses are logged per trained task
         self.best_task, _, self.best_name = cfg.best_metric.partition("/")
-        if cfg.eval_every and self.best_task not in cfg.eval_task_list():
-            raise ValueError(f"--best-metric {cfg.best_metric}: task {self.best_task!r} is not in --eval-tasks {cfg.eval_tasks}")
         self.codec = load_codec(cfg.data, cfg.model)
         self.ds_config = ds_config.resolve(cfg.deepspeed, world_size=self.dist.world_size,
                                            micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,

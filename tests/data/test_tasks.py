@@ -30,7 +30,7 @@ def dataset(tmp_path_factory):
                                      "unixReviewTime": 1000 + k, "overall": 5.0, "reviewText": text, "summary": ""}))
     (root / "reviews.json").write_text("\n".join(lines) + "\n")
     prepare_dataset("amazon-reviews", str(root / "reviews.json"), str(root / "ds"), seed=0, num_negatives=5,
-                    num_neighbors=0)
+                    neighbors=0)
     return root / "ds"
 
 

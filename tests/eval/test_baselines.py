@@ -60,7 +60,7 @@ def shared_ending(tmp_path_factory):
     root = tmp_path_factory.mktemp("ending")
     data = root / "data"
     prepare_dataset("movielens", str(write_udata(root, _everyone_ends_on_the_same_two_items())), str(data),
-                    num_negatives=15, num_neighbors=0)
+                    num_negatives=15, neighbors=0)
     return data, read_manifest(data), load_codec(data)
 
 

@@ -40,7 +40,7 @@ def _random_model(manifest, codec):
 def reviews(tmp_path_factory):
     """Synthetic interactions with templated review text: every target has an explanation."""
     data = tmp_path_factory.mktemp("eval") / "data"
-    prepare_dataset("synthetic", None, str(data), num_negatives=9, num_neighbors=0, synthetic_shape=(24, 30, 400))
+    prepare_dataset("synthetic", None, str(data), num_negatives=9, neighbors=0, num_users=24, num_items=30, num_interactions=400)
     manifest = read_manifest(data)
     codec = load_codec(data)
     return data, manifest, codec, _random_model(manifest, codec)
@@ -64,7 +64,7 @@ def test_explanation_is_scored_on_the_rows_with_a_reference(reviews):
 def test_explanation_on_data_without_text_says_which_sources_have_it(tmp_path):
     data = tmp_path / "data"
     prepare_dataset("movielens", str(write_udata(tmp_path, synthetic_ratings(users=10, items=30))), str(data),
-                    num_negatives=5, num_neighbors=0)
+                    num_negatives=5, neighbors=0)
     manifest, codec = read_manifest(data), load_codec(data)
     with pytest.raises(ValueError, match="no explanation column.*amazon-reviews"):
         evaluate(_random_model(manifest, codec), codec, data, manifest, split="valid", tasks=["explanation"])

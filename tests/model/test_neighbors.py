@@ -153,7 +153,7 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("neighbors")
     out = root / "data"
     manifest = prepare_dataset("movielens", str(write_udata(root, synthetic_ratings())), str(out), num_negatives=3,
-                               num_neighbors=5, mf_dim=8)
+                               neighbors=5, mf_dim=8)
     return out, manifest
 
 
@@ -189,6 +189,6 @@ def test_user_init_mf_copies_the_prepared_embeddings(dataset, variant):
 def test_neighbors_need_prepared_lists(tmp_path):
     out = tmp_path / "data"
     manifest = prepare_dataset("movielens", str(write_udata(tmp_path, synthetic_ratings())), str(out),
-                               num_negatives=3, num_neighbors=0)
+                               num_negatives=3, neighbors=0)
     with pytest.raises(FileNotFoundError, match="--neighbors"):
         build_model(_cfg(out), manifest["counts"]["users"], VOCAB)

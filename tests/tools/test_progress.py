@@ -27,7 +27,7 @@ def test_each_long_step_has_a_bar_only_when_asked(tmp_path, monkeypatch, shown):
     monkeypatch.setattr(sys, "stderr", terminal)
     monkeypatch.setattr(progress, "progress_interval", lambda: 0.0)  # draw at once, not after a delay
     prepare_dataset("movielens", str(write_udata(tmp_path / "u.data", random_ratings())), str(tmp_path / "out"), num_negatives=5,
-                    num_neighbors=3, mf_dim=8, progress=shown)
+                    neighbors=3, mf_dim=8, progress=shown)
     drawn = terminal.getvalue()
     assert [step in drawn for step in STEPS] == [shown] * len(STEPS)
 

@@ -185,7 +185,7 @@ def test_an_incompatible_checkpoint_is_one_error_line_and_the_run_folder_is_left
         from peapod_scale.data.prepare.dataset import prepare_dataset
 
         prepare_dataset("amazon-reviews", str(other / "reviews.json"), str(checkpointing_data), seed=0,
-                        num_negatives=9, num_neighbors=0)
+                        num_negatives=9, neighbors=0)
         change = ("--data", str(checkpointing_data))
     before = _snapshot(broken_copy)
     done = _train_once(train_args(data, broken_copy, *change, "--num-workers", "0"))  # one process: 1 rank of 2

@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("ckpt")
     prepare_dataset("movielens", str(write_udata(root, synthetic_ratings(users=12, items=40))), str(root / "data"),
-                    num_negatives=9, num_neighbors=0)
+                    num_negatives=9, neighbors=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, "peapod_scale/train.py", "--data", str(root / "data"), "--output",
                            str(root / "run"), "--max-steps", "2", "--micro-batch-size", "4", "--eval-split", "none"],

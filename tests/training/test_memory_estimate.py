@@ -1,4 +1,4 @@
-import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from peapod_scale.config.estimate import EstimateConfig
 from peapod_scale.training import memory_estimate as estimate
 
 from helpers import REPO
@@ -106,13 +107,13 @@ def test_zero3_counts_partitions_persistence_and_gathering():
 
 
 def test_report_reads_the_recommended_config(capsys):
-    args = argparse.Namespace(arch="t5-small", zero=3, offload=True, deepspeed=None, precision="bf16", nodes=2,
-                              gpus_per_node=4, micro_batch_size=32, encoder_len=128, decoder_len=8, users=10_000)
+    args = EstimateConfig(arch="t5-small", zero=3, offload=True, deepspeed=None, precision="bf16", nodes=2,
+                          gpus_per_node=4, micro_batch_size=32, encoder_len=128, decoder_len=8, users=10_000)
     text = estimate.report(args)
     assert "--deepspeed z3_offload" in text and "8 GPU(s)" in text and "activation-checkpointing" in text
     assert "reduction bucket                      0.93 GiB" in text  # 5e8 bf16 elements, DeepSpeed's default
     with pytest.raises(ValueError):
-        estimate.report(argparse.Namespace(**{**vars(args), "zero": 2, "deepspeed": "z3"}))
+        estimate.report(dataclasses.replace(args, zero=2, deepspeed="z3"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,6 +122,7 @@ def test_report_reads_the_recommended_config(capsys):
 
 _DRIVER = r"""
 import gc, json, sys
+from peapod_scale.config.estimate import EstimateConfig
 from peapod_scale.training import memory_estimate as estimate
 from peapod_scale.config.train import parse_train_config
 from peapod_scale.tools.memory_census import measure_steps
@@ -168,7 +170,7 @@ def engine_censuses(tmp_path_factory):
     root = tmp_path_factory.mktemp("estimate-engine")
     lines = [f"{u}\t{(u + k) % 30 + 1}\t4\t{100 * u + k}" for u in range(1, 41) for k in range(10)]
     (root / "u.data").write_text("\n".join(lines) + "\n")
-    prepare_dataset("movielens", str(root / "u.data"), str(root / "ds"), seed=0, num_negatives=9, num_neighbors=0)
+    prepare_dataset("movielens", str(root / "u.data"), str(root / "ds"), seed=0, num_negatives=9, neighbors=0)
     base = json.loads((REPO / "ds_configs" / "z2.json").read_text())
     for name, zero in _ENGINE_CONFIGS.items():
         (root / f"{name}.json").write_text(json.dumps({**base, "zero_optimization": zero}))

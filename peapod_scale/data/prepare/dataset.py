@@ -27,7 +27,6 @@ to the ``peapod_scale`` logger (peapod_scale.tools.log), not to print.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -44,12 +43,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from peapod_scale import __version__
+from peapod_scale.config.prepare import DEFAULT_COLUMNS, PrepareConfig, format_columns
 from peapod_scale.data.prepare.filters import k_core
 from peapod_scale.data.prepare.user_similarity import write_user_similarity
-from peapod_scale.data.sources import SOURCES, load_source
+from peapod_scale.data.sources import load_source
 from peapod_scale.data.sources.base import RawSequences
-from peapod_scale.data.sources.hf import DEFAULT_COLUMNS, format_columns, parse_columns
-from peapod_scale.data.sources.synthetic import SYNTHETIC_DEFAULT
 from peapod_scale.data.tokenizer import train_tokenizer
 from peapod_scale.tools.atomic_files import replace_folder
 from peapod_scale.tools.log import setup_cli_logging
@@ -58,7 +56,6 @@ from peapod_scale.tools.progress import progress_bar
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-ITEM_INDEX_CHOICES = ("random", "sequential")
 MIN_INTERACTIONS = 3  # leave-one-out needs at least one training item, a validation and a test item
 ROW_GROUP_SIZE = 10_000
 # Independent random streams derived from --seed (numpy SeedSequence entropy [seed, stream, ...]).
@@ -439,34 +436,26 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     replace_folder(tmp, out)  # a trainer reading the old dataset meanwhile never finds the folder gone
 
 
-def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, seed: int = 42,
-                    max_history: int = 20, num_negatives: int = 99, item_index: str = "random",
-                    rows_per_shard: int = 200_000, overwrite: bool = False, num_neighbors: int = 20,
-                    mf_dim: int = 64, min_interactions: int = 0, synthetic_shape: tuple[int, int, int] | None = None,
-                    columns: dict[str, str] | None = None, hf_config: str | None = None, hf_split: str | None = None,
-                    progress: bool = False) -> dict:
+def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, progress: bool = False,
+                    **options) -> dict:
     """Read, validate, number and split raw interactions; write the dataset folder; return its manifest.
 
-    ``columns``, ``hf_config`` and ``hf_split`` are --source hf's (see data/sources/hf.py); ``progress``
-    draws bars on stderr for the long steps.
+    ``options`` are ``PrepareConfig``'s fields (the command's flags, e.g. ``neighbors=0``, ``num_users=...``),
+    checked there; ``progress`` draws bars on stderr for the long steps.
     """
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-    if item_index not in ITEM_INDEX_CHOICES:
-        raise ValueError(f"item_index must be one of {', '.join(ITEM_INDEX_CHOICES)}, not {item_index!r}")
-    for name, value, least in (("seed", seed, 0), ("max_history", max_history, 1),
-                               ("num_negatives", num_negatives, 0), ("rows_per_shard", rows_per_shard, 1),
-                               ("num_neighbors", num_neighbors, 0), ("mf_dim", mf_dim, 1),
-                               ("min_interactions", min_interactions, 0)):
-        if not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, not {value!r}")
-    hf_options = {"columns": columns, "hf_config": hf_config, "hf_split": hf_split}
-    if source != "hf" and any(value is not None for value in hf_options.values()):
-        given = ", ".join("--" + name.replace("_", "-") for name, value in hf_options.items() if value is not None)
-        raise ValueError(f"{given}: only for --source hf, not --source {source}")
-    out = Path(os.path.abspath(output_dir))
+    return build_dataset(PrepareConfig(source=source, input=input_path, output=output_dir, **options), progress)
+
+
+def build_dataset(config: PrepareConfig, progress: bool = False) -> dict:
+    """``prepare_dataset`` for a config already checked: the command's path."""
+    source, input_path, seed = config.source, config.input, config.seed
+    hf_options = {"columns": config.columns, "hf_config": config.hf_config, "hf_split": config.hf_split}
+    item_index, max_history, num_negatives = config.item_index, config.max_history, config.num_negatives
+    min_interactions, overwrite = config.min_interactions, config.overwrite
+    out = Path(os.path.abspath(config.output))
     _check_output(out, overwrite)
-    raw = load_source(source, input_path, progress=progress, synthetic_shape=synthetic_shape, seed=seed, **hf_options)
+    raw = load_source(source, input_path, progress=progress, synthetic_shape=config.synthetic_shape, seed=seed,
+                      **hf_options)
     if min_interactions > 1:  # K-core before leave-one-out, so both users and items have K
         raw, _ = k_core(raw, min_interactions)
     where = str(input_path) if source == "hf" else str(raw.inputs[0]) if raw.inputs else raw.description
@@ -482,10 +471,11 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
         "seed": seed,
         "item_index": item_index,
         "max_history": max_history,
-        **({"synthetic": dict(zip(("num_users", "num_items", "num_interactions"), synthetic_shape or
-                                  SYNTHETIC_DEFAULT))} if source == "synthetic" else {}),
-        **({"hf": {"input": str(input_path), "config": hf_config, "split": hf_split,
-                   "columns": dict(DEFAULT_COLUMNS if columns is None else columns)}} if source == "hf" else {}),
+        **({"synthetic": dict(zip(("num_users", "num_items", "num_interactions"), config.synthetic_shape))}
+           if source == "synthetic" else {}),
+        **({"hf": {"input": str(input_path), "config": config.hf_config, "split": config.hf_split,
+                   "columns": dict(DEFAULT_COLUMNS if config.columns is None else config.columns)}}
+           if source == "hf" else {}),
         "min_interactions": min_interactions,
         "num_negatives": num_negatives,
         "counts": {"users": ds.num_users, "items": ds.num_items, "interactions": len(ds.items)},
@@ -504,10 +494,10 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
     tmp.mkdir(parents=True)
     try:
         manifest["splits"] = _write_dataset(tmp, ds, seed=seed, max_history=max_history, num_negatives=num_negatives,
-                                            rows_per_shard=rows_per_shard, progress=progress)
-        if num_neighbors > 0:  # user embeddings + neighbour lists for --user-prompt neighbors / --user-init mf
+                                            rows_per_shard=config.rows_per_shard, progress=progress)
+        if config.neighbors > 0:  # user embeddings + neighbour lists for --user-prompt neighbors / --user-init mf
             manifest["user_similarity"] = write_user_similarity(tmp, ds.offsets, ds.items, ds.num_items, seed=seed,
-                                                                num_neighbors=num_neighbors, mf_dim=mf_dim,
+                                                                num_neighbors=config.neighbors, mf_dim=config.mf_dim,
                                                                 progress=progress)
         _write_manifest(tmp, manifest)
         _attach_tokenizer(tmp, manifest)
@@ -520,99 +510,6 @@ def prepare_dataset(source: str, input_path: str | None, output_dir: str, *, see
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def _at_least(least: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
-        return value
-
-    return parse
-
-
-def _columns(text: str) -> dict[str, str]:
-    try:
-        return parse_columns(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--source", required=True, choices=SOURCES,
-        help="what --input holds: 'movielens' (u.data, ratings.dat or a RecBole .inter file, "
-             "detected from its content), 'p5' (a folder with sequential_data.txt and datamaps.json) or "
-             "'amazon-reviews' (review JSON lines, optionally gzipped; adds explanation targets), "
-             "'hf' (any Hugging Face dataset through the datasets library: a save_to_disk folder, a Parquet, "
-             "JSON or CSV file, or a hub name; see --columns) or "
-             "'synthetic' (generated, no --input: Zipf popularity, walks on an item graph, templated reviews)")
-    parser.add_argument(
-        "--input", metavar="PATH", default=None,
-        help="the raw data. For movielens it may be left out: then the real MovieLens-100K ratings "
-             "are used, fetched once from RecBole's PyPI wheel into $PEAPOD_CACHE "
-             "(default ~/.cache/peapod-scale)")
-    parser.add_argument(
-        "--output", metavar="DIR", required=True,
-        help="dataset folder to create; it is built in a temporary sibling and renamed into place "
-             "at the end, so a failed run leaves nothing half-written")
-    parser.add_argument(
-        "--seed", type=_at_least(0), default=42,
-        help="seeds the random item numbering and the negatives; negatives are seeded per user, so "
-             "they do not depend on processing order or sharding (default: %(default)s)")
-    parser.add_argument(
-        "--max-history", type=_at_least(1), default=20,
-        help="most preceding items kept as an example's history; the reference evaluation uses the "
-             "last 20 (default: %(default)s)")
-    parser.add_argument(
-        "--num-negatives", type=_at_least(0), default=99,
-        help="items the user never interacted with, drawn per user as top-N candidates beside the "
-             "held-out item, as the reference evaluation does with 1 + 99 (default: %(default)s)")
-    parser.add_argument(
-        "--item-index", choices=ITEM_INDEX_CHOICES, default="random",
-        help="how items are numbered: 'random' is a seeded permutation; 'sequential' numbers them by "
-             "first appearance (P5's own ids), which leaks the answer because the next item's id is "
-             "often the last id + 1 (default: %(default)s)")
-    parser.add_argument(
-        "--rows-per-shard", type=_at_least(1), default=200_000,
-        help="most rows per Parquet file; more files let more ranks and loader workers read in "
-             "parallel (default: %(default)s)")
-    parser.add_argument(
-        "--neighbors", type=_at_least(0), default=20,
-        help="most similar users kept per user (cosine on user embeddings factorised from the training "
-             "interactions only) for --user-prompt neighbors; 0 skips the embeddings and lists (default: %(default)s)")
-    parser.add_argument(
-        "--mf-dim", type=_at_least(1), default=64,
-        help="width of those user embeddings (BPR matrix factorisation); --user-init mf needs it equal to "
-             "--user-dim (default: %(default)s)")
-    for flag, default, what in (("--num-users", SYNTHETIC_DEFAULT[0], "users"),
-                                ("--num-items", SYNTHETIC_DEFAULT[1], "items"),
-                                ("--num-interactions", SYNTHETIC_DEFAULT[2], "interactions (at least 3 per user)")):
-        parser.add_argument(flag, type=_at_least(1), default=default,
-                            help=f"--source synthetic only: number of {what} (default: %(default)s)")
-    parser.add_argument(
-        "--min-interactions", metavar="K", type=_at_least(0), default=0,
-        help="keep only the K-core: users and items with at least K interactions each, filtering "
-             "both in turn until stable (the Amazon '5-core'); 0 or 1 keeps everything "
-             "(default: %(default)s)")
-    parser.add_argument(
-        "--columns", metavar="ROLE=COLUMN,...", type=_columns, default=None,
-        help="--source hf only: the dataset's columns for each role, e.g. "
-             "user=reviewerID,item=asin,time=unixReviewTime,text=reviewText (roles: user, item, time, text, "
-             f"summary; text and summary become explanation targets as for amazon-reviews). Unnamed roles "
-             f"default to {format_columns(DEFAULT_COLUMNS)}; time= keeps the rows' order")
-    parser.add_argument("--hf-split", metavar="SPLIT", default=None,
-                        help="--source hf only: read this split (default: every split of the dataset, in its order)")
-    parser.add_argument("--hf-config", metavar="NAME", default=None,
-                        help="--source hf only: the configuration of a hub dataset (load_dataset's name=)")
-    parser.add_argument(
-        "--overwrite", action="store_true",
-        help="replace an existing output folder (only once the new one is complete); without it an "
-             "existing folder is refused so that a finished dataset is never clobbered by accident")
 
 
 def _folder_bytes(root: Path) -> int:
@@ -648,17 +545,10 @@ def format_summary(manifest: dict, output_dir: str | Path, seconds: float) -> st
     return "\n".join(lines)
 
 
-def run_prepare(args: argparse.Namespace) -> dict:
+def run_prepare(config: PrepareConfig) -> dict:
     """The `prepare` command: progress bars on, the summary logged at INFO (stdout on the CLI)."""
     setup_cli_logging()  # idempotent; the command line's way of showing the package's messages
     started = time.perf_counter()
-    manifest = prepare_dataset(
-        args.source, args.input, args.output, seed=args.seed, max_history=args.max_history,
-        num_negatives=args.num_negatives, item_index=args.item_index,
-        rows_per_shard=args.rows_per_shard, overwrite=args.overwrite, num_neighbors=args.neighbors,
-        mf_dim=args.mf_dim, min_interactions=args.min_interactions,
-        synthetic_shape=(args.num_users, args.num_items, args.num_interactions),
-        columns=args.columns, hf_config=args.hf_config, hf_split=args.hf_split, progress=True,
-    )
-    log.info(format_summary(manifest, args.output, time.perf_counter() - started))
+    manifest = build_dataset(config, progress=True)
+    log.info(format_summary(manifest, config.output, time.perf_counter() - started))
     return manifest

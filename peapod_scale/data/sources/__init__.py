@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peapod_scale.config.prepare import SOURCES, SYNTHETIC_DEFAULT
 from peapod_scale.data.sources.amazon import read_amazon_reviews
 from peapod_scale.data.sources.base import RawSequences
 from peapod_scale.data.sources.default_data import movielens_100k
 from peapod_scale.data.sources.hf import read_hf
 from peapod_scale.data.sources.movielens import read_movielens
 from peapod_scale.data.sources.p5 import read_p5
-from peapod_scale.data.sources.synthetic import SYNTHETIC_DEFAULT, generate_synthetic
-
-SOURCES = ("movielens", "p5", "amazon-reviews", "hf", "synthetic")
+from peapod_scale.data.sources.synthetic import generate_synthetic
 
 
 def load_source(source: str, input_path: str | Path | None, *, progress: bool = False,

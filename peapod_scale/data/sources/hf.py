@@ -35,37 +35,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from peapod_scale.config.prepare import DEFAULT_COLUMNS, REQUIRED_ROLES
 from peapod_scale.data.errors import DataFormatError
 from peapod_scale.data.sources.amazon import explanation_of
 from peapod_scale.data.sources.base import RawSequences
 from peapod_scale.tools.progress import progress_bar
 
-ROLES = ("user", "item", "time", "text", "summary")
-DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "time": "timestamp"}
-REQUIRED_ROLES = ("user", "item")
 BATCH_ROWS = 65_536
 # data file suffix -> the datasets packaged builder that reads it (compression suffixes stripped first)
 _BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 _SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what save_to_disk leaves in its folder
-
-
-def parse_columns(text: str) -> dict[str, str]:
-    """``"user=reviewerID,item=asin,time="`` -> the full mapping (defaults filled in; "" = unused)."""
-    mapping = dict(DEFAULT_COLUMNS)
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        role, sep, column = part.partition("=")
-        role = role.strip()
-        if not sep or role not in ROLES:
-            raise ValueError(f"{part!r}: expected ROLE=COLUMN with ROLE one of {', '.join(ROLES)}")
-        if not column.strip() and role in REQUIRED_ROLES:
-            raise ValueError(f"{role}= needs a column name: every interaction has a {role}")
-        mapping[role] = column.strip()
-    return {role: column for role, column in mapping.items() if column}
-
-
-def format_columns(mapping: dict[str, str]) -> str:
-    return ",".join(f"{role}={mapping[role]}" for role in ROLES if role in mapping)
 
 
 @dataclass

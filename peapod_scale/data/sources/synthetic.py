@@ -31,7 +31,6 @@ SUCCESSORS = 8
 FOLLOW = 0.7
 MIN_LENGTH = 5
 CHUNK_USERS = 65_536
-SYNTHETIC_DEFAULT = (1_000, 500, 20_000)  # users, items, interactions
 _STREAM = 7
 
 TEMPLATES = ("This {noun} is {adj}.", "I found the {noun} {adj} and would buy it again.",

@@ -52,7 +52,7 @@ def test_prepare_min_interactions_reports_what_it_removed(tmp_path, capsys):
     rows = [(u, i) for u in range(1, 7) for i in range(1, 6)] + [(7, 1), (7, 2), (7, 9), (8, 9)]
     path = write_udata(tmp_path / "u.data", rows)
     manifest = prepare_dataset("movielens", str(path), str(tmp_path / "out"), num_negatives=0,
-                               num_neighbors=0, min_interactions=3)
+                               neighbors=0, min_interactions=3)
     # item 9 has two interactions: it goes, which leaves user 7 with two and user 8 with none
     assert manifest["counts"] == {"users": 6, "items": 5, "interactions": 30}
     assert manifest["skipped"] == {"too_short_for_leave_one_out": 0, "k_core_users": 2,

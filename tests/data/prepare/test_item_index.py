@@ -27,7 +27,7 @@ def raw(tmp_path_factory):
 
 def _next_id_share(root, path, item_index):
     data = root / item_index
-    prepare_dataset("movielens", str(path), str(data), item_index=item_index, num_negatives=5, num_neighbors=0)
+    prepare_dataset("movielens", str(path), str(data), item_index=item_index, num_negatives=5, neighbors=0)
     manifest = read_manifest(data)
     rows = read_rows(data, manifest, "test")
     assert len(rows) == USERS

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -11,8 +10,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from peapod_scale.config.prepare import PrepareConfig
 from peapod_scale.data.errors import DataFormatError
-from peapod_scale.data.prepare.dataset import add_prepare_arguments, prepare_dataset, run_prepare
+from peapod_scale.data.prepare.dataset import prepare_dataset, run_prepare
 from peapod_scale.data.sources.default_data import movielens_100k
 
 from helpers import SHARED_DATA
@@ -187,10 +187,8 @@ def test_item_index_random_and_sequential_are_bijections(tmp_path):
 
 
 def test_cli_counts_skipped_users_and_prints_summary(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_prepare_arguments(parser)
     path = write_movielens(tmp_path, "u.data", RATINGS + [(50, 100, 3, 1), (60, 101, 3, 1), (60, 102, 3, 2)])
-    args = parser.parse_args(["--source", "movielens", "--input", str(path), "--output", str(tmp_path / "out"),
+    args = PrepareConfig.from_args(["--source", "movielens", "--input", str(path), "--output", str(tmp_path / "out"),
                               "--num-negatives", "2", "--item-index", "sequential"])
     manifest = run_prepare(args)
     assert manifest["skipped"] == {"too_short_for_leave_one_out": 3}
@@ -199,7 +197,7 @@ def test_cli_counts_skipped_users_and_prints_summary(tmp_path, capsys):
     assert next(line for line in printed if "too short for leave one out" in line).split()[-1] == "3"
     assert next(line for line in printed if line.split()[:1] == ["train"]).split()[1:] == ["3", "1"]
     with pytest.raises(SystemExit):
-        parser.parse_args(["--source", "movielens", "--output", "x", "--max-history", "0"])
+        PrepareConfig.from_args(["--source", "movielens", "--output", "x", "--max-history", "0"])
 
 
 MALFORMED = [  # (source, file or folder name, content, line, field)
@@ -294,8 +292,8 @@ def test_p5_keeps_file_ids_and_datamaps_originals(tmp_path):
 def test_p5_beauty(tmp_path):
     started = time.perf_counter()
     out = tmp_path / "beauty"
-    # num_neighbors=0: the user-similarity step has its own tests and would dominate the time here
-    manifest = prepare_dataset("p5", str(P5_BEAUTY), str(out), item_index="sequential", num_neighbors=0)
+    # neighbors=0: the user-similarity step has its own tests and would dominate the time here
+    manifest = prepare_dataset("p5", str(P5_BEAUTY), str(out), item_index="sequential", neighbors=0)
     assert time.perf_counter() - started < 60
     assert manifest["counts"] == {"users": 22_363, "items": 12_101, "interactions": 198_502}
     assert manifest["skipped"] == {"too_short_for_leave_one_out": 0}
@@ -318,7 +316,7 @@ def test_default_movielens_100k(tmp_path):
     except RuntimeError as exc:  # e.g. no network to fetch the RecBole wheel
         pytest.skip(f"MovieLens-100K unavailable: {exc}")
     out = tmp_path / "ml"
-    manifest = prepare_dataset("movielens", None, str(out), num_neighbors=0)
+    manifest = prepare_dataset("movielens", None, str(out), neighbors=0)
     assert json.loads((out / "manifest.json").read_text()) == manifest
     if manifest["tokenizer"] is not None:  # the tokenizer hook wrote its file into the dataset
         assert (out / manifest["tokenizer"]).is_file()
@@ -336,7 +334,7 @@ def test_interrupted_write_keeps_the_old_dataset_and_leaves_no_partial_one(tmp_p
 
     path = write_movielens(tmp_path, "u.data")
     out = tmp_path / "out"
-    prepare_dataset("movielens", str(path), str(out), num_neighbors=0, **SMALL)
+    prepare_dataset("movielens", str(path), str(out), neighbors=0, **SMALL)
     before = parquet_bytes(out)
     real_write, written = prepare_module._write_parquet, []
 
@@ -348,7 +346,7 @@ def test_interrupted_write_keeps_the_old_dataset_and_leaves_no_partial_one(tmp_p
 
     monkeypatch.setattr(prepare_module, "_write_parquet", fail_on_fourth)
     with pytest.raises(exception):
-        prepare_dataset("movielens", str(path), str(out), overwrite=True, num_neighbors=0,
+        prepare_dataset("movielens", str(path), str(out), overwrite=True, neighbors=0,
                         **{**SMALL, "max_history": 1})
     assert len(written) == 3 and all(".tmp-" in str(p) for p in written)  # it did write, elsewhere
     assert parquet_bytes(out) == before
@@ -362,9 +360,9 @@ def test_train_explanation_holds_exactly_the_train_rows_with_text_deterministica
     path = tmp_path / "reviews.json"
     path.write_text("".join(json.dumps(r) + "\n" for r in reviews))
     first = prepare_dataset("amazon-reviews", str(path), str(tmp_path / "a"), num_negatives=2, rows_per_shard=3,
-                            num_neighbors=0)
+                            neighbors=0)
     second = prepare_dataset("amazon-reviews", str(path), str(tmp_path / "b"), num_negatives=2, rows_per_shard=3,
-                             num_neighbors=0)
+                             neighbors=0)
     assert parquet_bytes(tmp_path / "a") == parquet_bytes(tmp_path / "b")
     train = read_split(tmp_path / "a", first, "train")
     with_text = read_split(tmp_path / "a", first, "train_explanation")

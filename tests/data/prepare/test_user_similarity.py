@@ -68,7 +68,7 @@ def test_bpr_neighbours_share_tastes():
 def test_prepare_writes_listed_parquet_files(tmp_path):
     out = tmp_path / "data"
     manifest = prepare_dataset("movielens", str(write_udata(tmp_path, synthetic_ratings())), str(out),
-                               num_negatives=3, num_neighbors=6, mf_dim=8)
+                               num_negatives=3, neighbors=6, mf_dim=8)
     entry = manifest["user_similarity"]
     assert entry["num_neighbors"] == 6 and entry["mf_dim"] == 8
     assert json.loads((out / "manifest.json").read_text())["user_similarity"] == entry
@@ -78,5 +78,5 @@ def test_prepare_writes_listed_parquet_files(tmp_path):
     assert lists.shape == (users, 6) and vectors.shape == (users, 8) and vectors.dtype == np.float32
     assert not (lists == np.arange(1, users + 1)[:, None]).any() and lists.min() >= 1 and lists.max() <= users
     no_lists = prepare_dataset("movielens", str(tmp_path / "u.data"), str(tmp_path / "none"), num_negatives=3,
-                               num_neighbors=0)
+                               neighbors=0)
     assert "user_similarity" not in no_lists and not (tmp_path / "none" / "neighbors.parquet").exists()

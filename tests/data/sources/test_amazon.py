@@ -16,7 +16,7 @@ from peapod_scale.data.sources.amazon import explanation_of
 from helpers import SHARED_DATA
 
 ALL_BEAUTY = SHARED_DATA / "reviews" / "All_Beauty_5.json.gz"
-FAST = {"num_negatives": 0, "item_index": "sequential", "max_history": 5, "num_neighbors": 0}
+FAST = {"num_negatives": 0, "item_index": "sequential", "max_history": 5, "neighbors": 0}
 
 
 def review(user, item, t, text="", summary="", **extra):
@@ -127,7 +127,7 @@ def test_truncated_gzip_is_an_error_not_a_silent_prefix(tmp_path):
 @pytest.mark.skipif(not ALL_BEAUTY.is_file(), reason=f"All_Beauty_5.json.gz not found at {ALL_BEAUTY}")
 def test_all_beauty(tmp_path):
     out = tmp_path / "beauty"
-    manifest = prepare_dataset("amazon-reviews", str(ALL_BEAUTY), str(out), num_negatives=20, num_neighbors=0)
+    manifest = prepare_dataset("amazon-reviews", str(ALL_BEAUTY), str(out), num_negatives=20, neighbors=0)
     assert manifest["counts"] == {"users": 991, "items": 85, "interactions": 5_269}
     assert manifest["tasks"] == ["sequential", "topn", "explanation"]
     assert manifest["splits"]["train"]["rows"] == 5_269 - 3 * 991

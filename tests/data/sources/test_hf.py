@@ -14,11 +14,11 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
+from peapod_scale.config.prepare import DEFAULT_COLUMNS, parse_columns
 from peapod_scale.data.errors import DataFormatError
 from peapod_scale.data.prepare.dataset import prepare_dataset
-from peapod_scale.data.sources.hf import DEFAULT_COLUMNS, parse_columns
 
-FAST = {"num_negatives": 1, "item_index": "sequential", "max_history": 5, "num_neighbors": 0}
+FAST = {"num_negatives": 1, "item_index": "sequential", "max_history": 5, "neighbors": 0}
 AMAZON_COLUMNS = {"user": "reviewerID", "item": "asin", "time": "unixReviewTime", "text": "reviewText",
                   "summary": "summary"}
 # user A: a2 (t=1), a1 (t=5), a3 (t=5, later row), a4 (t=9); B: a1, a2, a3, a7 (t=4), a6 (t=6);

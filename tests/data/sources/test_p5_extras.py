@@ -14,7 +14,7 @@ from peapod_scale.data.errors import DataFormatError
 from peapod_scale.data.prepare.dataset import prepare_dataset
 from peapod_scale.data.sources.p5_extras import RestrictedUnpickler
 
-FAST = {"item_index": "sequential", "max_history": 5, "num_neighbors": 0}
+FAST = {"item_index": "sequential", "max_history": 5, "neighbors": 0}
 SEQUENCES = "1 1 2 3 4\n2 5 6 7\n3 1 5\n"  # user 3 is too short for leave-one-out
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from peapod_scale.data.prepare.dataset import add_prepare_arguments, prepare_dataset, run_prepare
+from peapod_scale.config.prepare import PrepareConfig
+from peapod_scale.data.prepare.dataset import prepare_dataset, run_prepare
 from peapod_scale.data.sources import synthetic
 
 
@@ -42,14 +41,13 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     shape = (60, 40, 600)
     a, b, c = (tmp_path / n for n in "abc")
     for out, seed in ((a, 1), (b, 1), (c, 2)):
-        prepare_dataset("synthetic", None, str(out), seed=seed, num_negatives=5, num_neighbors=0, synthetic_shape=shape)
+        prepare_dataset("synthetic", None, str(out), seed=seed, num_negatives=5, neighbors=0,
+                        **dict(zip(("num_users", "num_items", "num_interactions"), shape)))
     assert parquet_bytes(a) == parquet_bytes(b) != parquet_bytes(c)
 
 
 def test_cli_writes_the_standard_format_with_explanations(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_prepare_arguments(parser)
-    args = parser.parse_args(["--source", "synthetic", "--output", str(tmp_path / "out"), "--num-users", "30",
+    args = PrepareConfig.from_args(["--source", "synthetic", "--output", str(tmp_path / "out"), "--num-users", "30",
                               "--num-items", "20", "--num-interactions", "300", "--num-negatives", "3",
                               "--neighbors", "0"])
     manifest = run_prepare(args)
@@ -64,4 +62,4 @@ def test_cli_writes_the_standard_format_with_explanations(tmp_path):
 
 def test_too_few_interactions_is_refused(tmp_path):
     with pytest.raises(ValueError, match="3 interactions per user"):
-        prepare_dataset("synthetic", None, str(tmp_path / "out"), synthetic_shape=(10, 5, 29))
+        prepare_dataset("synthetic", None, str(tmp_path / "out"), num_users=10, num_items=5, num_interactions=29)
