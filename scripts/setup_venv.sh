@@ -38,9 +38,26 @@ if [ -n "$kept" ]; then
   { grep -v '^torch==' "$root/scripts/constraints.txt"; echo "torch==$kept"; } > "$constraints"
 fi
 stamp="$venv/.peapod-installed"
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/scripts/constraints.txt" -nt "$stamp" ]; then
+sharded="$root/scripts/constraints-sharded.txt"
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/scripts/constraints.txt" -nt "$stamp" ] \
+    || [ "$sharded" -nt "$stamp" ]; then
   echo "installing peapod-scale and its dependencies into $venv${kept:+ beside its torch $kept} (first time: about 2 minutes)"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -c "$constraints" -e "$root[test]"
+  # The sharded user table's engine, where its pins fit the installed torch (constraints-sharded.txt says why
+  # torchrec and FBGEMM go in without their declared dependencies). Optional: without it --user-table auto is dense.
+  torch_version="$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('torch'))")"
+  fbgemm=fbgemm-gpu-cpu
+  [ -n "$kept" ] && fbgemm=fbgemm-gpu
+  if [ "${torch_version%.*}" = "2.13" ]; then
+    pins() { grep -E "^($(echo "$*" | tr ' ' '|'))==" "$sharded"; }
+    if ! { "$venv/bin/python" -m pip install --quiet --no-deps $(pins torchrec "$fbgemm") \
+           && "$venv/bin/python" -m pip install --quiet -c "$constraints" $(pins tensordict torchmetrics pyre-extensions); }; then
+      echo "note: the sharded user table's engine (torchrec, $fbgemm) did not install; --user-table auto stays dense"
+    fi
+  else
+    echo "note: torch $torch_version: scripts/constraints-sharded.txt pins torchrec/FBGEMM for torch 2.13 only;" \
+         "--user-table auto stays dense"
+  fi
   touch "$stamp"
 fi

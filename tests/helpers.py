@@ -229,6 +229,15 @@ class Job:
             time.sleep(0.05)
 
 
+def kill_after_checkpoint(args: list[str], run_dir: Path) -> int:
+    """Start the job, kill -9 it in the middle of step 4 (after the checkpoint of step 3); the step it logged."""
+    job = Job(args)
+    wait_until(lambda: latest(run_dir) == "step3" and logged_step(run_dir) >= 4, job, "step 4 after checkpoint step3",
+               poll=0.01)
+    job.kill()
+    return logged_step(run_dir)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -75,10 +75,20 @@ class ModelOptions(Options):
     tau: float = fixed(1.0, "gating softmax temperature", above=0.0)
     user_dim: int = fixed(64, "user embedding width", at_least=1)
     task_prompt_length: int = fixed(3, "tokens per task prompt", at_least=1)
+    user_table: str = fixed("dense", "where the user embedding rows live: dense (a parameter of the model, under "
+                                     "ZeRO and AdamW like the rest) or sharded (row-wise over the ranks with "
+                                     "TorchRec, row-wise Adagrad on the rows a step touches only, --user-lr; "
+                                     "--user-prompt pool; needs torchrec and FBGEMM, which scripts/setup_venv.sh "
+                                     "installs where torch is 2.13)", choices=["dense", "sharded"])
     compose: str = option("auto", "prompt composition op: auto (Triton on CUDA, torch on CPU), triton or torch",
                         choices=["auto", "triton", "torch"])
     activation_checkpointing: bool = option(False, "recompute T5 block activations in the backward pass "
                                                  "(gradient checkpointing): less activation memory, ~1/3 more compute")
+
+    def _check(self) -> None:
+        if self.user_table == "sharded" and self.user_prompt != "pool":
+            raise ValueError(f"--user-table sharded serves --user-prompt pool, not {self.user_prompt}; use "
+                             "--user-table dense")
 
 
 @dataclass
@@ -94,6 +104,8 @@ class OptimOptions(Options):
                                  above=0.0)
     embedding_lr_scale: float = option(30.0, "learning-rate multiplier for embedding tables that start random "
                                            "(user embeddings; token embeddings of an --arch backbone)", above=0.0)
+    user_lr: float = option(0.05, "learning rate of the row-wise Adagrad that updates a --user-table sharded "
+                                  "(constant: Adagrad's own accumulators decay each row's steps)", above=0.0)
     warmup_steps: int = option(100, "linear warm-up steps, then cosine decay to 10%% of the peak", at_least=0)
     precision: str = option("auto", "training precision: auto (bf16 on GPUs that support it, else fp16 with dynamic loss "
                                   "scaling; fp32 on CPU), bf16, fp16 or fp32; an explicit choice wins over the "

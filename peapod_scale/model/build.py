@@ -21,7 +21,7 @@ def prompt_config(cfg: TrainConfig, num_users: int) -> PeaPODConfig:
     return PeaPODConfig(
         num_users=num_users, user_prompt=cfg.user_prompt, pool_size=cfg.pool_size, prompt_length=cfg.prompt_length,
         gate_heads=cfg.gate_heads, tau=cfg.tau, user_dim=cfg.user_dim, key_dim=cfg.user_dim,
-        task_prompt_length=cfg.task_prompt_length, compose_backend=cfg.compose,
+        task_prompt_length=cfg.task_prompt_length, compose_backend=cfg.compose, user_table=cfg.user_table,
     )
 
 
@@ -68,6 +68,8 @@ def load_user_side(model: PeaPOD, cfg: TrainConfig, neighbors=None) -> None:
     if cfg.user_init == "mf":
         if prompt is None:
             raise ValueError("--user-init mf needs a user prompt (--user-prompt pool or neighbors)")
+        if prompt.users is None:
+            return  # a sharded table: the trainer copies the rows into it (mf_user_rows)
         vectors = torch.from_numpy(read_user_embeddings(cfg.data, _dataset_manifest(cfg)))
         table = prompt.users.weight
         if vectors.shape[1] != prompt.users.embedding_dim or vectors.shape[0] != prompt.users.num_embeddings - 1:
@@ -76,6 +78,15 @@ def load_user_side(model: PeaPOD, cfg: TrainConfig, neighbors=None) -> None:
                              "set --user-dim to prepare's --mf-dim")
         with writable(table), torch.no_grad():
             table[1:] = vectors.to(table.dtype)
+
+
+def mf_user_rows(cfg: TrainConfig, num_users: int) -> torch.Tensor:
+    """``[num_users + 1, user_dim]``: prepare's MF embeddings behind an unused row 0, for a sharded table."""
+    vectors = torch.from_numpy(read_user_embeddings(cfg.data, _dataset_manifest(cfg)))
+    if vectors.shape != (num_users, cfg.user_dim):
+        raise ValueError(f"--user-init mf: the dataset's user embeddings are {tuple(vectors.shape)} but the model has "
+                         f"{num_users} users of width {cfg.user_dim}; set --user-dim to prepare's --mf-dim")
+    return torch.cat([torch.zeros(1, cfg.user_dim), vectors.float()])
 
 
 def build_model(cfg: TrainConfig, num_users: int, vocab_size: int, ds_config: dict | None = None) -> PeaPOD:

@@ -41,10 +41,16 @@ class PeaPODConfig:
     num_tasks: int = len(TASKS)
     max_whole_words: int = 512
     compose_backend: str = "auto"
+    user_table: str = "dense"  # sharded: the user rows live outside the model (model/user_table.py)
 
     def __post_init__(self):
         if self.user_prompt not in ("pool", "neighbors", "none"):
             raise ValueError(f"--user-prompt must be pool, neighbors or none, got {self.user_prompt!r}")
+        if self.user_table not in ("dense", "sharded"):
+            raise ValueError(f"user_table must be dense or sharded, got {self.user_table!r}")
+        if self.user_table == "sharded" and self.user_prompt != "pool":
+            raise ValueError(f"--user-table sharded serves --user-prompt pool; --user-prompt {self.user_prompt} "
+                             "keeps the dense table (--user-table dense)")
 
     @property
     def prompt_tokens(self) -> int:
@@ -80,7 +86,7 @@ class PeaPOD(nn.Module):
         if config.user_prompt == "pool":
             self.user_prompt = PoolUserPrompt(
                 config.num_users, d_model, config.pool_size, config.prompt_length, config.gate_heads,
-                config.user_dim, config.key_dim, config.tau, config.compose_backend,
+                config.user_dim, config.key_dim, config.tau, config.compose_backend, config.user_table,
             )
             with writable(self.user_prompt.pool), torch.no_grad():
                 self.user_prompt.pool.mul_(embed_std)
@@ -143,7 +149,9 @@ class PeaPOD(nn.Module):
         backbone_state = {k[len("t5."):]: v for k, v in state_dict.items() if k.startswith("t5.")}
         self.t5.save_pretrained(directory / BACKBONE_DIR, state_dict=backbone_state)
         save_file(self.prompt_state_dict(state_dict), str(directory / PROMPT_WEIGHTS_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+        # a sharded table is saved whole (the caller gathers it into state_dict): the folder is a dense model
+        config = dataclasses.replace(self.config, user_table="dense")
+        (directory / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32, **overrides) -> "PeaPOD":

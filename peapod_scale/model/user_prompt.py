@@ -16,22 +16,41 @@ from torch import nn
 from peapod_scale.kernels import compose
 
 
+class TableLookup:
+    """Stands where ``nn.Embedding`` stands when the user table lives outside the model (sharded over the ranks,
+    model/user_table.py): a plain callable, not a module, so ZeRO neither partitions it nor reduces its gradient.
+    ``lookup(ids)`` returns the rows; its autograd edge leads back to the table's own optimizer."""
+
+    def __init__(self, lookup):
+        self.lookup = lookup
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lookup(ids)
+
+
 class PoolUserPrompt(nn.Module):
-    """``prompt_b = compose(<W_q u_b, K> / sqrt(d_k), P, tau)``: M prompts of L tokens, H gating heads."""
+    """``prompt_b = compose(<W_q u_b, K> / sqrt(d_k), P, tau)``: M prompts of L tokens, H gating heads.
+
+    ``user_table="sharded"`` builds no table here: the trainer sets ``users`` to a ``TableLookup``."""
 
     def __init__(self, num_users: int, d_model: int, pool_size: int, prompt_length: int, heads: int,
-                 user_dim: int, key_dim: int, tau: float = 1.0, compose_backend: str = "auto"):
+                 user_dim: int, key_dim: int, tau: float = 1.0, compose_backend: str = "auto",
+                 user_table: str = "dense"):
         super().__init__()
         if d_model % heads:
             raise ValueError(f"--gate-heads {heads} must divide the model width {d_model}")
         self.heads, self.key_dim, self.tau, self.compose_backend = heads, key_dim, tau, compose_backend
-        self.users = nn.Embedding(num_users + 1, user_dim)  # index 0 unused: users are numbered from 1
+        # index 0 unused: users are numbered from 1
+        self.users = nn.Embedding(num_users + 1, user_dim) if user_table == "dense" else None
         self.query = nn.Linear(user_dim, heads * key_dim, bias=False)
         self.keys = nn.Parameter(torch.randn(heads, pool_size, key_dim) / math.sqrt(key_dim))
         self.pool = nn.Parameter(torch.randn(pool_size, prompt_length, d_model))
 
     def gate_logits(self, user_ids: torch.Tensor) -> torch.Tensor:
-        query = self.query(self.users(user_ids)).view(-1, self.heads, self.key_dim)
+        if self.users is None:
+            raise ValueError("the user table is sharded outside the model and not attached (model/user_table.py)")
+        users = self.users(user_ids).to(self.query.weight.dtype)  # a sharded table's rows are fp32
+        query = self.query(users).view(-1, self.heads, self.key_dim)
         return torch.einsum("bhk,hmk->bhm", query, self.keys) / math.sqrt(self.key_dim)
 
     def forward(self, user_ids: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ Layout of ``RUN/checkpoints``::
     step300/                      one complete checkpoint (DeepSpeed's files + ours)
         mp_rank_00_model_states.pt, *optim_states.pt ...   DeepSpeed's, one set per rank
         rng_rank00000.pt ...      every rank's RNG states (DeepSpeed keeps only rank 0's client state)
+        user_table_rank00000.safetensors ...   with --user-table sharded: every rank's rows and accumulators
         peapod_checkpoint.json    written last: step, world size, config, dataset fingerprint, stream
                                   position, validation tracker, and every file's size
         universal/                (cache) the same checkpoint for another number of ranks
@@ -140,6 +141,11 @@ def compare_run(meta: dict, config: dict, fingerprint: dict, zero_stage: int, pr
 
 
 # -- RNG states -----------------------------------------------------------------------------------------------------
+
+def shard_pattern() -> str:
+    """The files of a sharded user table in a checkpoint, one per rank (model/user_table.py names them)."""
+    return "user_table_rank*.safetensors"
+
 
 def rng_file(rank: int) -> str:
     return f"rng_rank{rank:05d}.pt"
@@ -391,6 +397,7 @@ class Checkpointer:
     num_params: int
     log: object
     with_cuda: bool = False
+    write_extra: object = None  # (folder) -> None: this rank's files beside DeepSpeed's (a sharded user table)
 
     def needed_bytes(self) -> int:
         """The size of the newest checkpoint, or an estimate before the first."""
@@ -421,6 +428,8 @@ class Checkpointer:
         self.engine.save_checkpoint(str(self.folder), tag=tmp.name, client_state=universal_info, save_latest=False)
         tmp.mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(self.with_cuda), tmp / rng_file(self.rank))
+        if self.write_extra:
+            self.write_extra(tmp)
         self.collectives.barrier()  # every rank's files are written and closed
         if self.rank == 0:
             files = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -22,14 +23,16 @@ from peapod_scale.distributed import ds_config
 from peapod_scale.distributed import ranks as distributed
 from peapod_scale.eval.evaluate import evaluate, format_table
 from peapod_scale.kernels import check_compose_backend
-from peapod_scale.model.build import build_model
+from peapod_scale.model.build import build_model, mf_user_rows
+from peapod_scale.model.user_prompt import TableLookup
+from peapod_scale.model.user_table import ShardedUserTable, engine_problem
 from peapod_scale.tools.atomic_files import replace_folder, temporary_name, write_json_atomic
 from peapod_scale.tools.progress import progress_interval
 from peapod_scale.tools.run_dir import RunDir
 from peapod_scale.training import checkpoint as checkpointing
 from peapod_scale.training import optimizer as optim
 from peapod_scale.training import preemption
-from peapod_scale.training.checkpoint import Checkpointer, ResumePoint
+from peapod_scale.training.checkpoint import Checkpointer, ResumePoint, shard_pattern
 from peapod_scale.training.lr_schedule import warmup_cosine
 from peapod_scale.training.metrics import StepMeter, flop_counter, log_line
 from peapod_scale.training.validation import BestTracker
@@ -75,8 +78,16 @@ class Trainer:
 
             device = f"cuda:{self.dist.local_rank}" if distributed.use_cuda() else "cpu"
             check_compose_backend(cfg.compose, device, ds_config.engine_dtype(self.ds_config))
+        if cfg.user_table == "sharded":  # before the model is built: what stops it is one error line
+            if ds_config.precision(self.ds_config) == "fp16":
+                raise ValueError("--user-table sharded with fp16: the loss scale would reach the table's Adagrad "
+                                 "through its gradients; train in bf16 or fp32 (--precision), or --user-table dense")
+            problem = engine_problem()
+            if problem:
+                raise ValueError(f"{problem}; or use --user-table dense")
         # At ZeRO-3 the model is partitioned while it is built (deepspeed.zero.Init): no rank holds it whole.
         model = build_model(cfg, self.manifest["counts"]["users"], self.codec.vocab_size, ds_config=self.ds_config)
+        self.user_table = self._sharded_user_table(model) if cfg.user_table == "sharded" else None
         if cfg.activation_checkpointing:  # non-reentrant: also right when the prompt-side inputs need no grad
             model.t5.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer_steps = warmup_cosine(cfg.warmup_steps, cfg.max_steps)
@@ -90,7 +101,9 @@ class Trainer:
         self.num_params = sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters())
         self.tracker = BestTracker(cfg.patience)
         self.checkpoints = Checkpointer(self.engine, self.collectives, self.dist.rank, self.paths.checkpoints,
-                                        cfg.keep_last, self.num_params, self.log, with_cuda=distributed.use_cuda())
+                                        cfg.keep_last, self.num_params, self.log, with_cuda=distributed.use_cuda(),
+                                        write_extra=self.user_table and (lambda folder: self.user_table.save_shard(
+                                            folder, self.dist.rank)))
         self.saved_step: int | None = None  # the step of the newest complete periodic checkpoint of this attempt
         self.rng_to_restore: dict | None = None
         self.writer = None
@@ -118,8 +131,46 @@ class Trainer:
                          "remove \"torch_adam\" from the config to use DeepSpeedCPUAdam (faster, JIT-built once)")
         for note in notes:
             self.log(note)
+        if self.user_table is not None:
+            self.log(f"user table: {self.user_table.num_rows:,} x {cfg.user_dim} sharded row-wise over "
+                     f"{self.dist.world_size} rank(s) ({self.user_table.end - self.user_table.start:,} rows on rank 0), "
+                     f"row-wise Adagrad lr {cfg.user_lr}, outside ZeRO")
         if self.resume_point is not None:
             self._resume(self.resume_point)
+
+    def _sharded_user_table(self, model):
+        """``--user-table sharded``: the user rows over all ranks (model/user_table.py), looked up by the model."""
+        cfg = self.cfg
+        users = self.manifest["counts"]["users"]
+        device = torch.device(f"cuda:{self.dist.local_rank}") if distributed.use_cuda() else torch.device("cpu")
+        table = ShardedUserTable(users + 1, cfg.user_dim, lr=cfg.user_lr, seed=cfg.seed, device=device)
+        if cfg.user_init == "mf":
+            table.set_rows(mf_user_rows(cfg, users))
+        model.user_prompt.users = TableLookup(table.lookup)
+        return table
+
+    @contextlib.contextmanager
+    def _whole_user_table(self):
+        """Evaluation looks users up outside the training lock-step: every rank holds the whole table meanwhile."""
+        if self.user_table is None:
+            yield
+            return
+        prompt = self.engine.module.user_prompt
+        whole = self.user_table.full_weight().to(self.engine.device)  # a collective
+        prompt.users = TableLookup(lambda ids: whole[ids])
+        try:
+            yield
+        finally:
+            prompt.users = TableLookup(self.user_table.lookup)
+
+    def _load_user_table(self, tag_dir: Path) -> None:
+        if self.user_table is None:
+            return
+        shards = sorted(tag_dir.glob(shard_pattern()))
+        if not shards:
+            raise ValueError(f"{tag_dir}: no user table shards ({shard_pattern()}): it was trained with --user-table "
+                             "dense")
+        self.user_table.load_shards(shards)
 
     def _on_main(self, work):
         """Run ``work()`` on rank 0 only; every rank returns its result or raises its ValueError."""
@@ -274,6 +325,7 @@ class Trainer:
         """Engine, scheduler and counters from the planned checkpoint; this rank's RNG; the tracker."""
         universal = checkpointing.needs_universal(point.meta, self.dist.world_size)
         checkpointing.load_engine_state(self.engine, point.tag_dir, universal)
+        self._load_user_table(point.tag_dir)
         rng = checkpointing.load_rng(point.tag_dir, self.dist.rank)
         if rng is None:
             checkpointing.seed_rng(self.cfg.seed, self.dist.rank, point.meta["step"])
@@ -329,6 +381,7 @@ class Trainer:
             self._on_main(lambda: checkpointing.verify_checkpoint(
                 checkpointing.convert_to_universal(tag_dir, self.log), recursive=True))
         checkpointing.load_engine_state(self.engine, tag_dir, universal)
+        self._load_user_table(tag_dir)
         if self.dist.is_main:
             self.checkpoints.point_latest(tag_dir.name)
         self.log(f"restored the best checkpoint (step {best}, {self.cfg.best_metric} {self.tracker.best:.4f})")
@@ -354,6 +407,9 @@ class Trainer:
             state = self.engine._zero3_consolidated_16bit_state_dict()  # a collective: every rank calls it
         else:
             state = module.state_dict()
+        if self.user_table is not None:  # the model folder holds the whole table, as a dense one: any tool loads it
+            whole = self.user_table.full_weight()  # a collective; at ZeRO-3 only rank 0 has a state to add it to
+            state = state if state is None else {**state, "user_prompt.users.weight": whole}
         if self.dist.is_main:
             final = self.paths.model
             tmp = temporary_name(final)
@@ -372,11 +428,12 @@ class Trainer:
 
     def _evaluate(self, split: str, limit: int | None, tag_prefix: str, write: bool = False) -> dict:
         cfg = self.cfg
-        results = evaluate(self.engine.module, self.codec, cfg.data, self.manifest, split=split,
-                           tasks=cfg.eval_task_list(), batch_size=cfg.eval_batch_size, num_beams=cfg.num_beams,
-                           seed=cfg.seed, limit=limit, rank=self.dist.rank, world_size=self.dist.world_size,
-                           synced=self.dist.world_size > 1 and ds_config.zero_stage(self.ds_config) == 3,
-                           constrained=cfg.constrained_decoding, topn_history=cfg.topn_history)
+        with self._whole_user_table():
+            results = evaluate(self.engine.module, self.codec, cfg.data, self.manifest, split=split,
+                               tasks=cfg.eval_task_list(), batch_size=cfg.eval_batch_size, num_beams=cfg.num_beams,
+                               seed=cfg.seed, limit=limit, rank=self.dist.rank, world_size=self.dist.world_size,
+                               synced=self.dist.world_size > 1 and ds_config.zero_stage(self.ds_config) == 3,
+                               constrained=cfg.constrained_decoding, topn_history=cfg.topn_history)
         results["step"] = self.engine.global_steps
         if self.dist.is_main:
             if write:

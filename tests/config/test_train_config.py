@@ -41,7 +41,7 @@ def test_every_field_declares_one_of_the_three_rules_and_the_model_defining_ones
     assert set(rules.values()) == {MAY_CHANGE, MUST_MATCH, PER_ATTEMPT}
     assert {name for name, rule in rules.items() if rule == MUST_MATCH} == {
         "arch", "model", "train", "user_prompt", "pool_size", "prompt_length", "gate_heads", "tau", "user_dim",
-        "task_prompt_length", "seed", "topn_candidates", "topn_history", "shuffle_buffer"}
+        "task_prompt_length", "seed", "topn_candidates", "topn_history", "shuffle_buffer", "user_table"}
     assert {"output", "resume", "overwrite", "local_rank"} == {n for n, r in rules.items() if r == PER_ATTEMPT}
 
 

@@ -70,11 +70,7 @@ def zero3_survived(tmp_path_factory) -> dict:
     data, uninterrupted = helpers.reference(tmp_path_factory, *stage)
     run_dir = tmp_path_factory.mktemp("zero3-killed") / "run"
     args = train_args(data, run_dir, *stage)
-    first = Job(args)
-    wait_until(lambda: latest(run_dir) == "step3" and logged_step(run_dir) >= 4, first, "step 4 after checkpoint step3",
-               poll=0.01)
-    first.kill()
-    killed_at = logged_step(run_dir)
+    killed_at = helpers.kill_after_checkpoint(args, run_dir)
     return {"uninterrupted": uninterrupted, "run": run_dir, "killed_at": killed_at, "codes": Job(args).wait()}
 
 
