@@ -101,7 +101,7 @@ class OptimOptions(Options):
     grad_accum: Optional[int] = option(None, "micro-steps per optimizer step (default: the DeepSpeed config's)",
                                        at_least=1)
     lr: Optional[float] = option(None, "peak learning rate (default: the DeepSpeed config's optimizer lr)",
-                                 above=0.0)
+                                 at_least=0.0)
     embedding_lr_scale: float = option(30.0, "learning-rate multiplier for embedding tables that start random "
                                            "(user embeddings; token embeddings of an --arch backbone)", above=0.0)
     user_lr: float = option(0.05, "learning rate of the row-wise Adagrad that updates a --user-table sharded "

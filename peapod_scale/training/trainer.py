@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -312,8 +313,12 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """The periodic checkpoint ``stepN`` of the current step (OSError if the disk cannot take it)."""
         step = self.engine.global_steps
-        self.checkpoints.save(f"step{step}", self._meta())
+        started = time.perf_counter()
+        tag_dir = self.checkpoints.save(f"step{step}", self._meta())
         self.saved_step = step
+        if self.dist.is_main:
+            self.log(f"checkpoint step{step}: {checkpointing.checkpoint_bytes(tag_dir) / 2**20:.1f} MiB in "
+                     f"{time.perf_counter() - started:.2f} s")
 
     def mark_preempted(self, signal_name: str) -> None:
         """A signal after training (restore, export, evaluation): the final checkpoint is the one to continue."""
