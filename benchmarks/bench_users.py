@@ -4,8 +4,8 @@
     python benchmarks/bench_users.py --users 10000 100000 --steps 20  # a quick look
     python benchmarks/bench_users.py --report RUN_ID                  # reprint a run's table and redraw its PNG
 
-Each size gets a synthetic dataset (``prepare --source synthetic``: ``--per-user`` interactions a user, 50 k items,
-no neighbour lists), prepared once into ``--scratch`` and reused. Each (size, table) is one real training job:
+Each size gets a synthetic dataset (``prepare --source synthetic``: ``--per-user`` interactions a user, 5 k items
+that every size covers, so that the tokenizer and the backbone are the same at every size; no neighbour lists), prepared once into ``--scratch`` and reused. Each (size, table) is one real training job:
 ``--ranks`` gloo ranks through torchrun, the tiny preset, ZeRO-2, fp32, micro-batch 64, ``--steps`` optimizer steps
 logged every 5, one checkpoint at the end, no evaluation. What a row holds, read from the run's own records:
 
@@ -158,7 +158,8 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--per-user", type=int, default=4, help="interactions a user (3 at least: leave-one-out)")
-    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--items", type=int, default=5_000,
+                        help="items; every size should cover them all, so that the vocabulary and the backbone match")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/bench_users"))
     parser.add_argument("--report", metavar="RUN_ID", help="reprint the table of a run from its rows")
     parser.add_argument("--no-save", action="store_true")

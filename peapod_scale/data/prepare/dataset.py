@@ -498,6 +498,7 @@ def build_dataset(config: PrepareConfig, progress: bool = False) -> dict:
         if config.neighbors > 0:  # user embeddings + neighbour lists for --user-prompt neighbors / --user-init mf
             manifest["user_similarity"] = write_user_similarity(tmp, ds.offsets, ds.items, ds.num_items, seed=seed,
                                                                 num_neighbors=config.neighbors, mf_dim=config.mf_dim,
+                                                                neighbor_search=config.neighbor_search,
                                                                 progress=progress)
         _write_manifest(tmp, manifest)
         _attach_tokenizer(tmp, manifest)
