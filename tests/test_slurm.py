@@ -33,7 +33,9 @@ from helpers import REPO
 
 pytestmark = pytest.mark.distributed
 
-MAX_STEPS = 24
+# enough steps that a run cannot finish between the poll that sees its first step and the signal the test sends
+# (tiny trains ~15 steps/s on an idle 2-core machine; with 24 steps, run 2 once finished first)
+MAX_STEPS = 96
 TRAIN_ARGS = ["--max-steps", str(MAX_STEPS), "--log-every", "1", "--micro-batch-size", "4",
               "--eval-limit", "12", "--num-beams", "4"]
 TIME_LIMIT = ["--time=3", "--signal=B:USR1@30"]  # the limit's signal comes 120-150 s into each run
