@@ -96,10 +96,13 @@ def measure(run_dir: Path, steps: int) -> dict:
 
 
 def table_bytes_per_rank(users: int, dim: int, table: str, ranks: int) -> float:
+    # lazy: benchmarks import the package from the tree they measure, after argument parsing
+    from peapod_scale.training.memory_estimate import paper_model_states
+
     rows = users + 1
     if table == "sharded":
         return -(-rows // ranks) * (dim * 4 + 4)  # the rank's rows and their row-wise Adagrad accumulators
-    return rows * dim * 4 * (1 + 1 + 2 / ranks + 1 / ranks)  # weights, gradient, Adam moments and master (ZeRO-2)
+    return sum(paper_model_states(rows * dim, 2, ranks, "fp32").values())  # ZeRO-2 fp32: the ZeRO paper's formula
 
 
 def print_table(rows: list[dict]) -> None:

@@ -113,7 +113,9 @@ class ShardedUserTable:
         """This rank's rows of the weight (``[rows, dim]``) or of the accumulator (``[rows]``): views, written in
         place to load them."""
         shards = self._sharded(kind).local_shards()
-        return shards[0].tensor if shards else torch.empty((0, self.dim)[: 2 if kind == "weight" else 1])
+        if shards:
+            return shards[0].tensor
+        return torch.empty(0, self.dim) if kind == "weight" else torch.empty(0)
 
     def _row_range(self) -> tuple[int, int]:
         shards = self._sharded("weight").local_shards()
